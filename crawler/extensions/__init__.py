@@ -1,0 +1,1 @@
+"""Scrapy extensions: Prometheus metrics, the run summary, the terminal progress bar."""

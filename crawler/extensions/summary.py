@@ -1,0 +1,79 @@
+"""Write ``<out>/runs/<run_id>/summary.json`` when a crawl ends, from the crawl's stats.
+
+The summary is built by a pure function from the stats keys, so what it says and what the metrics say can
+never disagree. It is written to a temporary name and renamed: a reader sees the old summary or the new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from scrapy import Spider, signals
+from scrapy.crawler import Crawler
+
+from crawler.outcomes import Outcome
+
+logger = logging.getLogger(__name__)
+
+
+def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], finished_at: datetime) -> dict[str, Any]:
+    """The run's summary: counts per outcome, matches per list and algorithm, timings and rate."""
+    outcomes = {o.value: int(stats.get(f"refwatch/outcome/{o.value}", 0)) for o in Outcome}
+    matches: dict[str, dict[str, int]] = {}
+    for key, value in sorted(stats.items()):
+        if key.startswith("refwatch/matches/"):
+            list_name, algorithm = key[len("refwatch/matches/"):].rsplit("/", 1)
+            matches.setdefault(list_name, {})[algorithm] = int(value)
+    started_at: datetime = stats.get("start_time") or finished_at
+    if started_at.tzinfo is None:
+        started_at = started_at.replace(tzinfo=UTC)
+    seconds = max((finished_at - started_at).total_seconds(), 1e-9)
+    references = sum(outcomes.values())
+    return {
+        "run_id": run_id,
+        "snapshots": snapshots,
+        "started_at": started_at.isoformat().replace("+00:00", "Z"),
+        "finished_at": finished_at.isoformat().replace("+00:00", "Z"),
+        "seconds": round(seconds, 3),
+        "references": references,
+        "refs_read": int(stats.get("refwatch/refs_read", 0)),
+        "refs_per_second": round(references / seconds, 2),
+        "alive": outcomes[Outcome.OK.value],
+        "outcomes": outcomes,
+        "matched_references": int(stats.get("refwatch/matched_references", 0)),
+        "matches": matches,
+        "events_published": int(stats.get("refwatch/events_published", 0)),
+        "bad_records": int(stats.get("refwatch/bad_records", 0)),
+        "response_bytes": int(stats.get("refwatch/response_bytes", 0)),
+        "finish_reason": stats.get("finish_reason"),
+    }
+
+
+class SummaryExtension:
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> SummaryExtension:
+        ext = cls(crawler)
+        crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
+        return ext
+
+    def spider_closed(self, spider: Spider, reason: str) -> None:
+        run = getattr(spider, "run", None)
+        if run is None or self.crawler.stats is None:
+            return
+        stats = dict(self.crawler.stats.get_stats())
+        stats.setdefault("finish_reason", reason)
+        summary = build_summary(stats, run_id=run.run_id, snapshots=list(getattr(spider, "snapshots", [])),
+                                finished_at=datetime.now(UTC))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run.summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, run.summary_path)
+        logger.info("run %s: %d references, %d alive, %d matched, %.1f refs/s", run.run_id, summary["references"],
+                    summary["alive"], summary["matched_references"], summary["refs_per_second"])

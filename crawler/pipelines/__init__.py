@@ -1,0 +1,1 @@
+"""Item pipelines: matching (decides ``matched``, publishes events) and the outcomes writer."""

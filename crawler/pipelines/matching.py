@@ -1,0 +1,78 @@
+"""Match each fetched image's hashes against the hash lists; every match becomes a queued event.
+
+The matcher is built once when the spider opens. Hash-list contents and matched URLs are never logged
+above DEBUG: an INFO line names the run, the reference id, the list and the algorithm only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from scrapy.crawler import Crawler
+from scrapy.exceptions import NotConfigured
+
+from crawler.eventqueue import EventQueue, open_queue
+from crawler.events import events_for
+from crawler.hashlist import HashList, load_hashlist, parse_hashlist_spec
+from crawler.items import OutcomeItem
+from crawler.matching import Matcher
+
+logger = logging.getLogger(__name__)
+
+
+def load_hashlists(specs: list[str], algorithm: str | None = None) -> list[HashList]:
+    """Load every ``[NAME=]PATH`` list; raises ``HashListError`` naming the file and line."""
+    lists = []
+    for spec in specs:
+        name, path = parse_hashlist_spec(spec)
+        lists.append(load_hashlist(path, name=name, algorithm=algorithm))
+    return lists
+
+
+class MatchPipeline:
+    def __init__(self, crawler: Crawler, matcher: Matcher) -> None:
+        self.crawler = crawler
+        self.matcher = matcher
+        self.queue: EventQueue | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> MatchPipeline:
+        settings = crawler.settings
+        specs = settings.getlist("REFWATCH_HASHLISTS")
+        if not specs:
+            raise NotConfigured  # no hash lists: nothing to match
+        lists = load_hashlists(specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"))
+        radii = settings.getdict("REFWATCH_RADII")
+        matcher = Matcher(lists, radii={k: int(v) for k, v in radii.items()},
+                          pdq_min_quality=settings.getint("REFWATCH_PDQ_MIN_QUALITY"))
+        for (list_name, algorithm), count in sorted(matcher.counts().items()):
+            logger.info("hash list %s: %d %s entries", list_name, count, algorithm)
+        return cls(crawler, matcher)
+
+    def open_spider(self) -> None:
+        self.queue = open_queue(self.crawler.spider.run.queue_url)  # type: ignore[union-attr]
+
+    def close_spider(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+
+    def process_item(self, item: OutcomeItem) -> OutcomeItem:
+        if item.md5 is None:
+            return item
+        matches = self.matcher.match(item.hashes(), pdq_quality=item.pdq_quality)
+        if not matches:
+            return item
+        item.matched = True
+        item.match_count = len(matches)
+        stats = self.crawler.stats
+        assert stats is not None and self.queue is not None
+        stats.inc_value("refwatch/matched_references")
+        for m in matches:
+            stats.inc_value(f"refwatch/matches/{m.list_name}/{m.algorithm}")
+            logger.info("match: run %s ref %s list %s %s distance %d",
+                        item.run_id, item.ref_id, m.list_name, m.algorithm, m.distance)
+            logger.debug("match detail: url %s entry %s", item.url, m.entry_id)
+        events = events_for(item.run_id, item.ref_id, item.url, item.page_url, matches)
+        published = self.queue.publish(events)
+        stats.inc_value("refwatch/events_published", published)
+        return item

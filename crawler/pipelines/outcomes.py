@@ -1,0 +1,133 @@
+"""Write outcome rows to ``<out>/runs/<run_id>/outcomes/part-*.parquet``, incrementally.
+
+Rows are buffered and written as a new part file every ``REFWATCH_OUTCOMES_BATCH_ROWS`` rows or
+``REFWATCH_OUTCOMES_FLUSH_SECONDS``; each part is written to a temporary name and renamed, so a crash loses
+at most the unflushed batch and never leaves a half-written file. Writes run in one background thread, in
+order. Redoing a run (same run id) first removes the parts of the earlier attempt: outputs are keyed by
+run, so a redo overwrites rather than duplicates.
+
+This pipeline is the last one: it also keeps the per-outcome stats that metrics and the summary read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scrapy.crawler import Crawler
+
+from crawler.items import OutcomeItem
+
+logger = logging.getLogger(__name__)
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("ref_id", pa.string()),
+        ("url", pa.string()),
+        ("page_url", pa.string()),
+        ("alt", pa.string()),
+        ("outcome", pa.string()),
+        ("http_status", pa.int16()),
+        ("final_url", pa.string()),
+        ("content_type", pa.string()),
+        ("bytes", pa.int64()),
+        ("md5", pa.string()),
+        ("sha1", pa.string()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("dhash", pa.string()),
+        ("pdq", pa.string()),
+        ("pdq_quality", pa.int16()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("image_format", pa.string()),
+        ("x_robots_tag", pa.string()),
+        ("redirects", pa.int8()),
+        ("matched", pa.bool_()),
+        ("match_count", pa.int32()),
+        ("drift", pa.string()),
+        ("recorded_md5", pa.string()),
+        ("recorded_sha256", pa.string()),
+        ("recorded_phash", pa.string()),
+        ("fetched_at", pa.timestamp("ms", tz="UTC")),
+        ("elapsed_ms", pa.float32()),
+        ("hash_ms", pa.float32()),
+        ("error", pa.string()),
+    ]
+)
+
+
+_COLUMNS = tuple(OUTCOME_SCHEMA.names)
+
+
+def write_part(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write one part file whole: to a temporary name first, then renamed into place."""
+    table = pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+class OutcomeWriterPipeline:
+    def __init__(self, crawler: Crawler, batch_rows: int, flush_seconds: float) -> None:
+        self.crawler = crawler
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self._rows: list[dict[str, Any]] = []
+        self._parts = 0
+        self._last_flush = time.monotonic()
+        self._dir: Path | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refwatch-outcomes")
+        self._pending: list[Future[None]] = []
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> OutcomeWriterPipeline:
+        s = crawler.settings
+        return cls(crawler, s.getint("REFWATCH_OUTCOMES_BATCH_ROWS"), s.getfloat("REFWATCH_OUTCOMES_FLUSH_SECONDS"))
+
+    def open_spider(self) -> None:
+        run = self.crawler.spider.run  # type: ignore[union-attr]
+        self._dir = run.outcomes_dir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        stale = sorted(self._dir.glob("part-*.parquet")) + sorted(self._dir.glob(".part-*.tmp"))
+        if stale:
+            logger.info("run %s is being redone: replacing %d earlier outcome files", run.run_id, len(stale))
+            for path in stale:
+                path.unlink()
+
+    def process_item(self, item: OutcomeItem) -> OutcomeItem:
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value(f"refwatch/outcome/{item.outcome}")
+        if item.bytes:
+            stats.inc_value("refwatch/response_bytes", item.bytes)
+        row = {name: getattr(item, name) for name in _COLUMNS}
+        row["outcome"] = str(item.outcome)
+        self._rows.append(row)
+        if len(self._rows) >= self.batch_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush()
+        return item
+
+    def close_spider(self) -> None:
+        self._flush()
+        self._executor.shutdown(wait=True)
+        for future in self._pending:
+            future.result()  # surface a failed write instead of losing it silently
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._rows:
+            return
+        assert self._dir is not None
+        rows, self._rows = self._rows, []
+        path = self._dir / f"part-{self._parts:05d}.parquet"
+        self._parts += 1
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._executor.submit(write_part, path, rows))

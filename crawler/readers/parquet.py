@@ -1,0 +1,108 @@
+"""Parquet URL tables (LAION-5B metadata and the like), read a batch at a time.
+
+Only the columns a reference needs are read, one row group at a time in batches of ``BATCH_ROWS`` with
+pyarrow's buffered (not pre-buffered) reads, so a multi-million-row file iterates in flat memory. A row group
+that fails to decode is reported as one bad record and skipped; the next row group is still readable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crawler.readers.base import BadRecordHandler, BadRecords, snapshot_error
+from crawler.readers.columns import Columns, RowMapper, find_columns, id_text, text_or_none, url_text
+from crawler.references import Reference
+
+logger = logging.getLogger(__name__)
+
+BATCH_ROWS: Final = 8192
+_READ_BUFFER: Final = 1 << 20  # stream column chunks through a 1 MiB buffer instead of loading them whole
+
+
+class ParquetReader:
+    """A validated Parquet snapshot: the footer is read and the URL column found when it is built."""
+
+    def __init__(self, path: Path, on_bad_record: BadRecordHandler | None = None) -> None:
+        self.path = path
+        self._on_bad_record = on_bad_record
+        with self._open() as pf:
+            self._total = pf.metadata.num_rows
+            names = [field.name for field in pf.schema_arrow]
+        self._columns = find_columns(path, names)
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    def _open(self) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(self.path, buffer_size=_READ_BUFFER, pre_buffer=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise snapshot_error(self.path, f"is not a readable Parquet file: {exc}") from None
+
+    def __iter__(self) -> Iterator[Reference]:
+        bad = BadRecords(self.path, self._on_bad_record, unit="row")
+        mapper = RowMapper(self.path)
+        wanted = self._columns.names()
+        with self._open() as pf:
+            first_row = 0
+            for group in range(pf.metadata.num_row_groups):
+                group_rows = pf.metadata.row_group(group).num_rows
+                row = first_row
+                try:
+                    for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=wanted):
+                        yield from _batch_references(mapper, self._columns, batch, row)
+                        row += batch.num_rows
+                except (pa.ArrowException, OSError) as exc:
+                    # The rest of this row group is lost; later groups have their own pages and may be fine.
+                    bad(row, f"row group {group} unreadable from row {row}: {exc}")
+                first_row += group_rows
+
+
+def _batch_references(mapper: RowMapper, cols: Columns, batch: pa.RecordBatch, first_row: int) -> Iterator[Reference]:
+    """The references of one record batch; cells are converted a column at a time, in Arrow where it can."""
+    n = batch.num_rows
+    nothing = [None] * n
+    urls = _urls(batch.column(cols.url))
+    ids = _ids(batch.column(cols.ref_id)) if cols.ref_id else nothing
+    pages = _texts(batch.column(cols.page_url)) if cols.page_url else nothing
+    alts = _texts(batch.column(cols.alt)) if cols.alt else nothing
+    md5s, sha256s, phashes = (
+        [mapper.hashes(kind, v) for v in batch.column(name).to_pylist()] if name else nothing
+        for kind, name in (("md5", cols.md5), ("sha256", cols.sha256), ("phash", cols.phash))
+    )
+    fallback = mapper.fallback_id
+    for row, (url, ref_id, page, alt, md5, sha256, phash) in enumerate(
+        zip(urls, ids, pages, alts, md5s, sha256s, phashes), first_row
+    ):
+        # Positional: this loop runs once per row of a multi-million-row table.
+        yield Reference(url, ref_id if ref_id is not None else fallback(row), page, alt, md5, sha256, phash)
+
+
+def _is_text(column: pa.Array) -> bool:
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+
+
+def _urls(column: pa.Array) -> list[str]:
+    if _is_text(column):
+        return pc.fill_null(column, "").to_pylist()
+    return [url_text(value) for value in column.to_pylist()]
+
+
+def _texts(column: pa.Array) -> list[str | None]:
+    if _is_text(column):
+        return [value or None for value in column.to_pylist()]
+    return [text_or_none(value) for value in column.to_pylist()]
+
+
+def _ids(column: pa.Array) -> list[str | None]:
+    if pa.types.is_integer(column.type):
+        return pc.cast(column, pa.string()).to_pylist()  # plain decimal; nulls stay None
+    return [id_text(value) for value in column.to_pylist()]

@@ -1,0 +1,234 @@
+"""WARC records (the container of both WARC and WAT files) read one at a time, surviving damage.
+
+A damaged record is reported with its absolute file offset and skipped; reading resumes with the next
+record. For ``.gz`` files this module decompresses each gzip member itself instead of letting warcio do it,
+because warcio swallows a decompression error that occurs after the first block (it writes it to stderr and
+reports end-of-stream), which would silently drop the damaged record *and every record after it*. Here every
+member is inflated on its own and handed to a fresh warcio ``ArchiveIterator`` as plain bytes: a member that
+fails to inflate, is truncated, or fails its CRC is one bad record, and reading resynchronises by scanning
+forward for the next gzip member header (``1f 8b 08``). The scan always moves forward, so it ends.
+
+Inside damaged data a byte sequence can look like a gzip header by chance; such a candidate is dropped
+silently unless it inflates to something starting with ``WARC/``, so one damaged record is reported once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Final, TypeVar
+
+from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
+from warcio.recordloader import ArcWarcRecord
+from warcio.statusandheaders import StatusAndHeadersParserException
+
+from crawler.readers.base import BadRecords, snapshot_error
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GZIP_MEMBER_MAGIC: Final = b"\x1f\x8b\x08"  # ID1, ID2 and CM=deflate: how every gzip member starts
+_CHUNK: Final = 1 << 16
+_SCAN_CHUNK: Final = 1 << 20
+_CHECK_LIMIT: Final = 1 << 20  # at open, look past the first record only if it is at most this long
+
+
+class CorruptRecord(Exception):
+    """The bytes of a record are damaged: its gzip member does not inflate or ends early."""
+
+
+class BadRecord(Exception):
+    """A record that reads intact but whose content is unusable (say, invalid JSON); skipped without resync."""
+
+
+#: What reading a damaged record can raise, from our inflater or from warcio's parser.
+DAMAGE: Final = (CorruptRecord, ArchiveLoadFailed, StatusAndHeadersParserException, EOFError, ValueError, zlib.error)
+
+
+class _GzipMember(io.RawIOBase):
+    """The inflated bytes of the one gzip member starting at file offset ``start``; raises ``CorruptRecord``."""
+
+    def __init__(self, fh: BinaryIO, start: int) -> None:
+        super().__init__()
+        fh.seek(start)
+        self._fh = fh
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper; checks CRC and length
+        self._input = b""
+        self._head = b""
+        self.end: int | None = None  # file offset just past the member, once reached
+
+    @property
+    def looks_like_warc(self) -> bool:
+        return self._head.startswith(b"WARC/")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        while self.end is None:
+            if not self._input:
+                self._input = self._fh.read(_CHUNK)
+                if not self._input:
+                    raise CorruptRecord("truncated: the file ends inside this gzip member")
+            try:
+                out = self._inflater.decompress(self._input, len(buffer))
+            except zlib.error as exc:
+                raise CorruptRecord(f"gzip data damaged ({exc})") from None
+            if self._inflater.eof:
+                # Bytes read past the member's end are in unused_data (unconsumed_tail repeats them at eof).
+                self.end = self._fh.tell() - len(self._inflater.unused_data)
+                self._input = b""
+            else:
+                self._input = self._inflater.unconsumed_tail
+            if out:
+                if len(self._head) < 5:
+                    self._head += out[:5]
+                buffer[: len(out)] = out
+                return len(out)
+        return 0
+
+    def drain(self) -> int:
+        """Inflate to the member's end (checking its CRC) and return the offset just past it."""
+        scratch = bytearray(_CHUNK)
+        while self.readinto(scratch):
+            pass
+        assert self.end is not None  # readinto returns 0 only once the end is reached
+        return self.end
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong (warcio's messages span lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (CorruptRecord, BadRecord)) else f"{type(exc).__name__}: {text}"
+
+
+def check_archive(path: Path, gzipped: bool) -> None:
+    """SnapshotError unless the file's first record reads as WARC (record-at-a-time gzip'd if ``.gz``)."""
+    with open(path, "rb") as fh:
+        try:
+            member = _GzipMember(fh, 0) if gzipped else None
+            records = ArchiveIterator(member if member is not None else fh)
+            first = next(records, None)
+            if first is None:
+                raise snapshot_error(path, "holds no WARC record")
+            fmt = first.format
+            length = int(first.length or 0)
+            # warcio refuses a whole-file gzip stream too; it has no per-record offsets to resume from.
+            if member is not None and length <= _CHECK_LIMIT and next(records, None) is not None:
+                raise snapshot_error(path, "is one gzip stream, not one gzip member per record as WARC "
+                                           "requires; fix it with: warcio recompress IN OUT")
+        except DAMAGE as exc:
+            raise snapshot_error(path, f"is not a readable WARC file: first record: {describe(exc)}") from None
+    if not fmt.startswith("warc"):
+        raise snapshot_error(path, f"is an {fmt.upper()} file, not WARC")
+
+
+def scan_records(
+    path: Path, gzipped: bool, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
+) -> Iterator[tuple[int, T]]:
+    """``(offset, handle(record))`` for each intact record where ``handle`` returns something.
+
+    ``handle`` reads what it needs of the record and may raise ``BadRecord``; damage is reported via ``bad``
+    with the record's absolute offset, and reading resumes at the next record.
+    """
+    with open(path, "rb") as fh:
+        size = fh.seek(0, io.SEEK_END)
+        if gzipped:
+            yield from _scan_gzip(fh, size, handle, bad)
+        else:
+            yield from _scan_plain(fh, size, handle, bad)
+
+
+def _scan_gzip(
+    fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
+) -> Iterator[tuple[int, T]]:
+    pos = 0
+    resyncing = False
+    while pos < size:
+        member = _GzipMember(fh, pos)
+        try:
+            result, problem = _read_member(member, handle)
+            end = member.drain()
+        except DAMAGE as exc:
+            if not resyncing or member.looks_like_warc:
+                bad(pos, describe(exc))
+            resyncing = True
+            pos = _find(fh, GZIP_MEMBER_MAGIC, pos + 1, size)
+            continue
+        resyncing = False
+        if problem is not None:
+            bad(pos, problem)
+        if result is not None:
+            yield pos, result
+        pos = end
+
+
+def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None]) -> tuple[T | None, str | None]:
+    """The handled first record of a member, and a problem to report (content unusable, or extra records)."""
+    records = ArchiveIterator(member)
+    record = next(records, None)
+    if record is None:
+        return None, None  # an empty gzip member: nothing to read, nothing wrong
+    problem: str | None = None
+    result: T | None = None
+    try:
+        result = handle(record)
+    except BadRecord as exc:
+        problem = describe(exc)
+    if next(records, None) is not None:
+        problem = "this gzip member holds more than one WARC record; only the first was read"
+    return result, problem
+
+
+def _scan_plain(
+    fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
+) -> Iterator[tuple[int, T]]:
+    pos = 0
+    while pos < size:
+        fh.seek(pos)
+        records = ArchiveIterator(fh)  # it starts at fh.tell(), so the offsets it reports are absolute
+        while True:
+            # warcio's ``offset`` is where the record being read starts (until it is read to its end).
+            start = records.offset
+            try:
+                record = next(records)
+                start = records.offset
+                try:
+                    result, problem = handle(record), None
+                except BadRecord as exc:
+                    result, problem = None, describe(exc)
+                start = records.get_record_offset()
+            except StopIteration:
+                return
+            except DAMAGE as exc:
+                bad(start, describe(exc))
+                found = _find(fh, b"\nWARC/1.", start + 1, size)  # the next line that starts a record
+                pos = found + 1 if found < size else size
+                break
+            if problem is not None:
+                bad(start, problem)
+            if result is not None:
+                yield start, result
+
+
+def _find(fh: BinaryIO, marker: bytes, start: int, size: int) -> int:
+    """Offset of the first ``marker`` at or after ``start``, or ``size`` if there is none."""
+    fh.seek(start)
+    base = start  # file offset of data[0]
+    carry = b""
+    while True:
+        chunk = fh.read(_SCAN_CHUNK)
+        if not chunk:
+            return size
+        data = carry + chunk
+        found = data.find(marker)
+        if found >= 0:
+            return base + found
+        keep = len(marker) - 1
+        carry = data[-keep:]
+        base += len(data) - len(carry)

@@ -1,0 +1,74 @@
+"""Common Crawl (or any) WARC files: the ``<img src>`` references of every archived HTML response.
+
+Each ``response`` record whose HTTP ``Content-Type`` is HTML or XHTML is parsed; the page URL is the record's
+``WARC-Target-URI``. Records of other types and non-HTML bodies are passed over without reading their
+payload. A reference's id is ``{file name}@{record offset}#{img index}``: the record's absolute byte offset
+(what CDX indexes use to find it again) and the ``<img>`` element's position in the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from warcio.recordloader import ArcWarcRecord
+
+from crawler.readers.base import BadRecordHandler, BadRecords, check_compression
+from crawler.readers.html import ImageTag, decoded_chunks, page_images
+from crawler.readers.records import check_archive, scan_records
+from crawler.references import Reference
+
+logger = logging.getLogger(__name__)
+
+HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
+
+
+class WarcReader:
+    """A validated WARC snapshot: its first record is read when the reader is built."""
+
+    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
+        self.path = path
+        self._gzipped = gzipped
+        self._on_bad_record = on_bad_record
+        check_compression(path, gzipped)
+        check_archive(path, gzipped)
+
+    @property
+    def total(self) -> int | None:
+        return None
+
+    def __iter__(self) -> Iterator[Reference]:
+        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
+        name = self.path.name
+        for offset, (page_url, images) in scan_records(self.path, self._gzipped, _html_images, bad):
+            for image in images:
+                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
+                                alt=image.alt)
+
+
+def target_uri(record: ArcWarcRecord) -> str | None:
+    """The record's ``WARC-Target-URI``, without the angle brackets some early WARC writers put around it."""
+    uri = record.rec_headers.get_header("WARC-Target-URI")
+    if uri is None:
+        return None
+    uri = uri.strip()
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1]
+    return uri or None
+
+
+def _html_images(record: ArcWarcRecord) -> tuple[str | None, list[ImageTag]] | None:
+    """The page URL and images of an HTML response record; ``None`` for any other record."""
+    if record.rec_type != "response" or record.http_headers is None:
+        return None
+    content_type = record.http_headers.get_header("Content-Type")
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime not in HTML_TYPES:
+        return None
+    page_url = target_uri(record)
+    # content_stream() undoes chunking and Content-Encoding (Common Crawl renames those headers, so its
+    # bodies are stored decoded).
+    return page_url, page_images(decoded_chunks(record.content_stream(), content_type), page_url)
+

@@ -1,0 +1,111 @@
+"""Common Crawl WAT files: the ``IMG@/src`` links its HTML metadata recorded for each crawled page.
+
+A WAT file is a WARC file of ``metadata`` records, each a JSON document about one record of the matching
+WARC file. Only HTTP responses that were parsed as HTML carry links, under ``Envelope > Payload-Metadata >
+HTTP-Response-Metadata > HTML-Metadata > Links``; the page's ``<base href>``, if it had one, is recorded
+beside them as ``HTML-Metadata > Head > Base``. Link URLs are stored as the page wrote them, so relative ones
+are resolved here. A reference's id is ``{file name}@{record offset}#{link index}``, the index being the
+link's position in the record's ``Links`` list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from warcio.recordloader import ArcWarcRecord
+
+from crawler.readers.base import BadRecordHandler, BadRecords, check_compression
+from crawler.readers.html import ImageTag, resolve
+from crawler.readers.records import BadRecord, check_archive, scan_records
+from crawler.readers.warc import target_uri
+from crawler.references import Reference
+
+logger = logging.getLogger(__name__)
+
+IMAGE_LINK_PATH: Final = "IMG@/src"
+_HTML_METADATA: Final = ("Envelope", "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
+
+
+class WatReader:
+    """A validated WAT snapshot: its first record is read when the reader is built."""
+
+    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
+        self.path = path
+        self._gzipped = gzipped
+        self._on_bad_record = on_bad_record
+        check_compression(path, gzipped)
+        check_archive(path, gzipped)
+
+    @property
+    def total(self) -> int | None:
+        return None
+
+    def __iter__(self) -> Iterator[Reference]:
+        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
+        handler = _LinkExtractor()
+        name = self.path.name
+        for offset, (page_url, images) in scan_records(self.path, self._gzipped, handler, bad):
+            for image in images:
+                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
+                                alt=image.alt)
+        if handler.json_records == 0:
+            # A WARC file named .wat reads "fine" and yields nothing; say why instead of staying silent.
+            logger.warning("%s: no JSON metadata records found; is it really a WAT file?", self.path)
+
+
+class _LinkExtractor:
+    """Record handler: the page URL and image links of one WAT metadata record (``None`` if it has none)."""
+
+    def __init__(self) -> None:
+        self.json_records = 0
+
+    def __call__(self, record: ArcWarcRecord) -> tuple[str | None, list[ImageTag]] | None:
+        if record.rec_type != "metadata":
+            return None
+        if "json" not in (record.rec_headers.get_header("Content-Type") or "").lower():
+            return None
+        self.json_records += 1
+        try:
+            document = json.loads(record.content_stream().read())
+        except ValueError as exc:  # also covers undecodable bytes
+            raise BadRecord(f"invalid JSON in WAT metadata record: {exc}") from None
+        if not isinstance(document, dict):
+            raise BadRecord(f"WAT metadata payload is a JSON {type(document).__name__}, not an object")
+        html = _walk(document, _HTML_METADATA)
+        if not isinstance(html, dict):
+            return None  # a request, a non-HTML response, warcinfo: no links
+        page_url = target_uri(record)
+        if page_url is None:
+            uri = _walk(document, ("Envelope", "WARC-Header-Metadata", "WARC-Target-URI"))
+            page_url = uri if isinstance(uri, str) and uri else None
+        links = html.get("Links", [])
+        if not isinstance(links, list):
+            raise BadRecord(f"HTML-Metadata.Links is a JSON {type(links).__name__}, not a list")
+        base = page_url
+        base_href = _walk(html, ("Head", "Base"))
+        if isinstance(base_href, str) and base_href.strip():
+            base = resolve(page_url, base_href) or page_url
+        images = [
+            ImageTag(index, resolve(base, link["url"]), _alt(link))
+            for index, link in enumerate(links)
+            if isinstance(link, dict) and link.get("path") == IMAGE_LINK_PATH and isinstance(link.get("url"), str)
+        ]
+        return page_url, images
+
+
+def _walk(document: Any, keys: tuple[str, ...]) -> Any:
+    """``document[k1][k2]...``, or ``None`` where a key is missing or a level is not an object."""
+    for key in keys:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document
+
+
+def _alt(link: dict[str, Any]) -> str | None:
+    alt = link.get("alt")
+    return alt if isinstance(alt, str) else None

@@ -1,0 +1,31 @@
+"""The unit of work: one image reference read from a snapshot.
+
+Readers yield these; the spider turns each into exactly one request (or, for an invalid URL, directly into
+an outcome row). Frozen so a reference can be shared between components without copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One image reference as the snapshot wrote it.
+
+    ``url`` is the reference exactly as the snapshot holds it, resolved to absolute only where the snapshot
+    had it relative; it may be malformed. Hashes the snapshot recorded when it was made are kept as
+    lowercase hex (``None`` when the snapshot has none).
+    """
+
+    url: str
+    ref_id: str
+    page_url: str | None = None
+    alt: str | None = None
+    recorded_md5: str | None = None
+    recorded_sha256: str | None = None
+    recorded_phash: str | None = None
+
+
+class SnapshotError(Exception):
+    """Bad input the user must fix: the message names the file (and line or record where known)."""

@@ -1,0 +1,79 @@
+"""Run one replay crawl in this process and return its summary.
+
+The CLI and the demo both come through here: they translate their options into settings, and this module
+checks the inputs first (every snapshot opened, every hash list loaded) so that bad input fails with one
+line and exit code 2 before anything is fetched or written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scrapy.crawler import CrawlerProcess
+from scrapy.settings import Settings
+
+from crawler.eventqueue import open_queue
+from crawler.pipelines.matching import load_hashlists
+from crawler.readers import open_snapshot
+from crawler.run import run_context
+
+
+class InputError(Exception):
+    """Bad input the user must fix; the CLI prints it as one line and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class CrawlResult:
+    summary: dict[str, Any]
+    run_dir: str
+    queue_url: str
+
+
+def project_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """refwatch's settings module with ``overrides`` on top, at the command line's priority."""
+    settings = Settings()
+    settings.setmodule("crawler.settings", priority="project")
+    for name, value in (overrides or {}).items():
+        settings.set(name, value, priority="cmdline")
+    return settings
+
+
+def check_inputs(settings: Settings) -> None:
+    """Open every snapshot and hash list and the queue once; raise ``InputError`` with one clear line."""
+    from crawler.eventqueue import QueueError
+    from crawler.hashlist import HashListError
+    from crawler.references import SnapshotError
+
+    try:
+        for path in settings.getlist("REFWATCH_SNAPSHOTS"):
+            open_snapshot(path)
+        load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"))
+        queue_url = settings.get("REFWATCH_QUEUE")
+        if queue_url:
+            open_queue(queue_url).close()
+    except (SnapshotError, HashListError, QueueError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+def run_crawl(settings: Settings) -> CrawlResult:
+    """Replay the snapshots named in ``settings``; blocks until the crawl ends (one per process)."""
+    if not settings.getlist("REFWATCH_SNAPSHOTS"):
+        raise InputError("no snapshot given")
+    check_inputs(settings)
+    run = run_context(settings.get("REFWATCH_OUT"), settings.get("REFWATCH_RUN_ID"), settings.get("REFWATCH_QUEUE"))
+    # Fix the run id and queue now, so that every component and the caller agree on them.
+    settings.set("REFWATCH_RUN_ID", run.run_id, priority="cmdline")
+    settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
+    run.summary_path.unlink(missing_ok=True)  # a redo's summary must be this attempt's, not the last one's
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler("replay")
+    process.crawl(crawler)
+    process.start()
+    summary_path = run.summary_path
+    if not summary_path.exists():
+        raise RuntimeError(f"the crawl ended without writing {summary_path}; see the log above")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One command sets refwatch up: the Debian packages the tests use, then refwatch and its Python deps.
+# Run it as root (or with sudo available). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEBIAN_PACKAGES=(prometheus)  # promtool checks the /metrics exposition in the tests
+
+if command -v apt-get >/dev/null 2>&1; then
+    missing=()
+    for pkg in "${DEBIAN_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+else
+    echo "setup.sh: no apt-get here; install these yourself for the full test suite: ${DEBIAN_PACKAGES[*]}" >&2
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "refwatch is set up: try 'refwatch demo', then 'python3 -m pytest'."

@@ -1,0 +1,180 @@
+"""The replay spider: every reference of a snapshot becomes one request, and every request one outcome row.
+
+It reads references lazily (a 5-million-row snapshot replays in flat memory), never drops a duplicate URL
+(each reference gets its own row), and turns both answers and failures into ``OutcomeItem`` rows. Hashing
+happened earlier, in ``ImageHashMiddleware``; here the response body is already gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import scrapy
+from scrapy import signals
+from scrapy.crawler import Crawler
+from scrapy.http import Request, Response
+from twisted.python.failure import Failure
+
+from crawler.hashing import Digest
+from crawler.items import OutcomeItem
+from crawler.outcomes import Outcome, outcome_for_body, outcome_for_exception, outcome_for_status
+from crawler.readers import iter_references, open_snapshot
+from crawler.references import Reference
+from crawler.run import RunContext, run_context
+from crawler.urls import invalid_url_reason
+from middlewares.hashing import BODY_SIZE_META, DIGEST_META
+
+REF_META = "refwatch_ref"
+_MAX_ERROR_CHARS = 300
+
+
+class ReplaySpider(scrapy.Spider):
+    name = "replay"
+
+    def __init__(self, snapshot: str | None = None, run_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._snapshot_arg = snapshot
+        self._run_id_arg = run_id
+        self.snapshots: list[str] = []
+        self.total: int | None = None
+        self.run: RunContext
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> ReplaySpider:
+        spider: ReplaySpider = super().from_crawler(crawler, *args, **kwargs)
+        settings = crawler.settings
+        if spider._snapshot_arg:
+            spider.snapshots = [p for p in spider._snapshot_arg.split(",") if p]
+        else:
+            spider.snapshots = settings.getlist("REFWATCH_SNAPSHOTS")
+        if not spider.snapshots:
+            raise ValueError("replay: no snapshot given (-a snapshot=PATH[,PATH...] or REFWATCH_SNAPSHOTS)")
+        # Validate every snapshot before anything starts: bad input fails with one line, nothing written.
+        opened = [open_snapshot(path) for path in spider.snapshots]
+        totals = [s.total for s in opened]
+        spider.total = None if None in totals else sum(t for t in totals if t is not None)
+        spider.run = run_context(
+            settings.get("REFWATCH_OUT"),
+            spider._run_id_arg or settings.get("REFWATCH_RUN_ID"),
+            settings.get("REFWATCH_QUEUE"),
+        )
+        return spider
+
+    async def start(self) -> AsyncIterator[Any]:
+        stats = self.crawler.stats
+        assert stats is not None
+        for ref in iter_references(self.snapshots, on_bad_record=self._bad_record):
+            stats.inc_value("refwatch/refs_read")
+            reason = invalid_url_reason(ref.url)
+            if reason is None:
+                try:
+                    request = Request(
+                        ref.url,
+                        callback=self.parse,
+                        errback=self.failed,
+                        dont_filter=True,  # duplicate URLs are distinct references: each gets its row
+                        meta={REF_META: ref},
+                    )
+                except ValueError as exc:
+                    reason = str(exc)
+            if reason is not None:
+                yield self._row(ref, Outcome.INVALID_URL, error=reason)
+                continue
+            # Lazy start (Scrapy's documented pattern): wait while the downloader is full instead of
+            # filling the scheduler with the whole snapshot.
+            if self.crawler.engine is not None and self.crawler.engine.needs_backout():
+                await self.crawler.signals.wait_for(signals.scheduler_empty)
+            yield request
+
+    def _bad_record(self, path: str, offset: int, reason: str) -> None:
+        assert self.crawler.stats is not None
+        self.crawler.stats.inc_value("refwatch/bad_records")
+        self.logger.warning("skipped a corrupt record in %s at offset %d: %s", path, offset, reason)
+
+    def parse(self, response: Response) -> OutcomeItem:
+        ref: Reference = response.meta[REF_META]
+        digest: Digest | None = response.meta.get(DIGEST_META)
+        content_type = _header(response, b"Content-Type")
+        outcome = outcome_for_status(response.status)
+        if outcome is None:
+            outcome = outcome_for_body(
+                decodable=digest is not None and digest.decodable,
+                looks_like_image=digest is not None and digest.looks_like_image,
+                content_type=content_type,
+            )
+        item = self._row(
+            ref,
+            outcome,
+            http_status=response.status,
+            final_url=response.url,
+            content_type=content_type,
+            bytes=response.meta.get(BODY_SIZE_META),
+            x_robots_tag=_header(response, b"X-Robots-Tag"),
+            redirects=len(response.meta.get("redirect_urls", ())),
+            elapsed_ms=_latency_ms(response.meta),
+        )
+        if digest is not None:
+            _apply_digest(item, digest)
+            if outcome is Outcome.DECODE_ERROR:
+                item.error = _truncate(digest.decode_error)
+        return item
+
+    def failed(self, failure: Failure) -> OutcomeItem:
+        request: Request = failure.request  # type: ignore[attr-defined]
+        ref: Reference = request.meta[REF_META]
+        exc = failure.value
+        causes = [getattr(r, "value", r) for r in getattr(exc, "reasons", ()) or ()]
+        if exc.__cause__ is not None:
+            causes.append(exc.__cause__)
+        outcome = outcome_for_exception(exc, causes)
+        return self._row(
+            ref,
+            outcome,
+            final_url=request.url,
+            redirects=len(request.meta.get("redirect_urls", ())),
+            elapsed_ms=_latency_ms(request.meta),
+            error=_truncate(f"{type(exc).__name__}: {exc}".rstrip(": ")),
+        )
+
+    def _row(self, ref: Reference, outcome: Outcome, **fields: Any) -> OutcomeItem:
+        return OutcomeItem(
+            run_id=self.run.run_id,
+            ref_id=ref.ref_id,
+            url=ref.url,
+            page_url=ref.page_url,
+            alt=ref.alt,
+            outcome=outcome,
+            fetched_at=datetime.now(UTC),
+            recorded_md5=ref.recorded_md5,
+            recorded_sha256=ref.recorded_sha256,
+            recorded_phash=ref.recorded_phash,
+            **fields,
+        )
+
+
+def _apply_digest(item: OutcomeItem, digest: Digest) -> None:
+    item.bytes = digest.size
+    item.md5, item.sha1, item.sha256 = digest.md5, digest.sha1, digest.sha256
+    item.phash, item.dhash, item.pdq, item.pdq_quality = digest.phash, digest.dhash, digest.pdq, digest.pdq_quality
+    item.width, item.height, item.image_format = digest.width, digest.height, digest.image_format
+    item.hash_ms = digest.hash_seconds * 1000.0
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    values = response.headers.getlist(name)
+    if not values:
+        return None
+    return ", ".join(v.decode("latin-1") for v in values)
+
+
+def _latency_ms(meta: dict[str, Any]) -> float | None:
+    latency = meta.get("download_latency")
+    return None if latency is None else latency * 1000.0
+
+
+def _truncate(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,32 @@
+"""Shared pytest fixtures.
+
+Real reference files (Common Crawl WARC/WAT, Meta's PDQ images) are read in place from ``../shared/realdata``
+beside the checkout (override with ``REFWATCH_REALDATA``); they are never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("REFWATCH_REALDATA", REPO_ROOT.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """Folder of the shared real data; the tests that need it fail loudly if it is missing."""
+    assert REALDATA.is_dir(), f"shared real data not found at {REALDATA}"
+    return REALDATA
+
+
+@pytest.fixture(scope="module")
+def web():
+    """The sample web on a free loopback port, stopped when the module's tests are done."""
+    from crawler.sampleweb import SampleWeb
+
+    with SampleWeb() as server:
+        yield server
+
