@@ -27,5 +27,10 @@ class Reference:
     recorded_phash: str | None = None
 
 
+# Request meta key holding the Reference a request was made for; only such requests are hashed (robots.txt
+# fetches pass through untouched).
+REFERENCE_META = "refwatch_ref"
+
+
 class SnapshotError(Exception):
     """Bad input the user must fix: the message names the file (and line or record where known)."""

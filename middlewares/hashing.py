@@ -17,6 +17,7 @@ from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
 
 from crawler.hashing import hash_bytes
+from crawler.references import REFERENCE_META
 
 DIGEST_META = "refwatch_digest"
 BODY_SIZE_META = "refwatch_body_size"
@@ -37,6 +38,8 @@ class ImageHashMiddleware:
         return middleware
 
     async def process_response(self, request: Request, response: Response) -> Response:
+        if REFERENCE_META not in request.meta:
+            return response  # not a reference (e.g. robots.txt): Scrapy's own components need the body
         body = response.body
         request.meta[BODY_SIZE_META] = len(body)
         if 200 <= response.status < 300:

@@ -21,12 +21,11 @@ from crawler.hashing import Digest
 from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome, outcome_for_body, outcome_for_exception, outcome_for_status
 from crawler.readers import iter_references, open_snapshot
-from crawler.references import Reference
+from crawler.references import REFERENCE_META, Reference
 from crawler.run import RunContext, run_context
 from crawler.urls import invalid_url_reason
 from middlewares.hashing import BODY_SIZE_META, DIGEST_META
 
-REF_META = "refwatch_ref"
 _MAX_ERROR_CHARS = 300
 
 
@@ -75,7 +74,7 @@ class ReplaySpider(scrapy.Spider):
                         callback=self.parse,
                         errback=self.failed,
                         dont_filter=True,  # duplicate URLs are distinct references: each gets its row
-                        meta={REF_META: ref},
+                        meta={REFERENCE_META: ref},
                     )
                 except ValueError as exc:
                     reason = str(exc)
@@ -94,7 +93,7 @@ class ReplaySpider(scrapy.Spider):
         self.logger.warning("skipped a corrupt record in %s at offset %d: %s", path, offset, reason)
 
     def parse(self, response: Response) -> OutcomeItem:
-        ref: Reference = response.meta[REF_META]
+        ref: Reference = response.meta[REFERENCE_META]
         digest: Digest | None = response.meta.get(DIGEST_META)
         content_type = _header(response, b"Content-Type")
         outcome = outcome_for_status(response.status)
@@ -123,7 +122,7 @@ class ReplaySpider(scrapy.Spider):
 
     def failed(self, failure: Failure) -> OutcomeItem:
         request: Request = failure.request  # type: ignore[attr-defined]
-        ref: Reference = request.meta[REF_META]
+        ref: Reference = request.meta[REFERENCE_META]
         exc = failure.value
         causes = [getattr(r, "value", r) for r in getattr(exc, "reasons", ()) or ()]
         if exc.__cause__ is not None:

@@ -112,3 +112,13 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now.timestamp()) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_code_executing_consoles_are_off_and_bodies_are_never_cached() -> None:
+    from crawler.runner import project_settings
+
+    settings = project_settings()
+    assert settings.getbool("TELNETCONSOLE_ENABLED") is False
+    assert settings.getbool("REMOTE_CONTROL_ENABLED") is False
+    assert settings.getbool("HTTPCACHE_ENABLED") is False
+    assert not any("FilesPipeline" in p or "ImagesPipeline" in p for p in settings.getdict("ITEM_PIPELINES"))

@@ -297,7 +297,7 @@ def test_tsv_named_csv_gets_a_hint(tmp_path: Path) -> None:
     ("x.csv", gzip.compress(b"url\nhttps://a.example/1.jpg\n"), "is gzip-compressed"),
     ("x.csv", b"", "is empty"),
     ("x.csv", b"\xff\xfe\x00binary\x00junk\xff\n", "not UTF-8"),
-    ("x.jsonl", b'[{"url": "https://a.example/1.jpg"}]\n', "JSON list, not an object"),
+    ("x.jsonl", b'[{"url": "https://a.example/1.jpg"}]\n', "JSON array, not an object"),
     ("x.jsonl", b"url,caption\nhttps://a.example/1.jpg,c\n", "line 1: not JSON"),
     ("x.jsonl", b"\n\n", "is empty"),
     ("x.jsonl.gz", gzip.compress(b'{"url": "https://a.example/1.jpg"}\n')[:20], "damaged gzip"),

@@ -367,6 +367,13 @@ def test_page_images_base_and_srcset() -> None:
     ]
 
 
+def test_page_images_survive_junk_markup() -> None:
+    # CPython < 3.13 raises AssertionError on "<![" without a keyword; browsers skip it as a bogus comment.
+    html = '<![ junk ]><img src="a.png"><![if !IE]><img src="b.png"><![endif]><p>x <![ unterminated'
+    images = page_images([html], "https://site.example/")
+    assert [i.url for i in images] == ["https://site.example/a.png", "https://site.example/b.png"]
+
+
 @pytest.mark.parametrize(("content_type", "head", "expected"), [
     ("text/html; charset=UTF-8", b"", "utf-8"),
     ("text/html; charset=ISO-8859-1", b"", "cp1252"),

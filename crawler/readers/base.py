@@ -13,7 +13,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from crawler.references import Reference, SnapshotError
 
@@ -101,6 +101,17 @@ def open_binary(path: Path, gzipped: bool) -> BinaryIO:
     if gzipped:
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+def json_kind(value: Any) -> str:
+    """JSON's own name for the type of a decoded ``value`` (for messages: "array", not "list")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
 
 
 class TextLines:

@@ -153,6 +153,7 @@ def url_text(value: Any) -> str:
 
 
 def text_or_none(value: Any) -> str | None:
+    """A text cell (caption, page URL) as written; ``None`` for null, NaN or empty, since empty means absent."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -163,9 +164,9 @@ def text_or_none(value: Any) -> str | None:
 
 def id_text(value: Any) -> str | None:
     """An id cell as text: ints in plain decimal, integral floats as ints; ``None`` when missing."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else str(value)
-    if isinstance(value, int):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -102,6 +102,15 @@ class _ImageCollector(HTMLParser):
         self.base_href: str | None = None
         self._img_count = 0
 
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        # CPython before 3.13 raises AssertionError on "<![" not followed by a known keyword (pages do have
+        # such junk); browsers treat it as a bogus comment up to the next ">", and so do we.
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i + 3)
+            return -1 if end < 0 else end + 1  # -1: wait for more data (close() then treats it as text)
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
             index = self._img_count

@@ -20,6 +20,7 @@ from crawler.readers.base import (
     TextLines,
     check_compression,
     check_first_line,
+    json_kind,
     open_binary,
     snapshot_error,
 )
@@ -59,9 +60,8 @@ class JsonLinesReader:
         except ValueError as exc:
             raise snapshot_error(self.path, f"{where}: not JSON ({exc}); JSON Lines holds one object a line") from None
         if not isinstance(first, dict):
-            kind = type(first).__name__
-            hint = " (a single JSON array is not supported: write one object a line)" if kind == "list" else ""
-            raise snapshot_error(self.path, f"{where}: a JSON {kind}, not an object{hint}")
+            hint = " (a single JSON array is not supported: write one object a line)" if isinstance(first, list) else ""
+            raise snapshot_error(self.path, f"{where}: a JSON {json_kind(first)}, not an object{hint}")
         return first
 
     @property
@@ -100,7 +100,7 @@ def _parse(text: str, undecodable: bool) -> dict[str, Any] | str:
     except ValueError as exc:
         return f"invalid JSON: {exc}"
     if not isinstance(obj, dict):
-        return f"a JSON {type(obj).__name__}, not an object"
+        return f"a JSON {json_kind(obj)}, not an object"
     return obj
 
 

@@ -17,7 +17,7 @@ from warcio.recordloader import ArcWarcRecord
 
 from crawler.readers.base import BadRecordHandler, BadRecords, check_compression
 from crawler.readers.html import ImageTag, decoded_chunks, page_images
-from crawler.readers.records import check_archive, scan_records
+from crawler.readers.records import BadRecord, check_archive, scan_records
 from crawler.references import Reference
 
 logger = logging.getLogger(__name__)
@@ -70,5 +70,9 @@ def _html_images(record: ArcWarcRecord) -> tuple[str | None, list[ImageTag]] | N
     page_url = target_uri(record)
     # content_stream() undoes chunking and Content-Encoding (Common Crawl renames those headers, so its
     # bodies are stored decoded).
-    return page_url, page_images(decoded_chunks(record.content_stream(), content_type), page_url)
+    try:
+        images = page_images(decoded_chunks(record.content_stream(), content_type), page_url)
+    except AssertionError as exc:  # how the stdlib parser gives up on some malformed markup
+        raise BadRecord(f"HTML parser gave up on the page: {exc}") from None
+    return page_url, images
 

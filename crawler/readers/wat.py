@@ -4,8 +4,10 @@ A WAT file is a WARC file of ``metadata`` records, each a JSON document about on
 WARC file. Only HTTP responses that were parsed as HTML carry links, under ``Envelope > Payload-Metadata >
 HTTP-Response-Metadata > HTML-Metadata > Links``; the page's ``<base href>``, if it had one, is recorded
 beside them as ``HTML-Metadata > Head > Base``. Link URLs are stored as the page wrote them, so relative ones
-are resolved here. A reference's id is ``{file name}@{record offset}#{link index}``, the index being the
-link's position in the record's ``Links`` list.
+are resolved here; their HTML character references are already decoded by Common Crawl's extractor (since
+2019, commoncrawl/ia-web-commons#14; older WAT files keep ``&amp;`` in URLs and are read as they are). A
+reference's id is ``{file name}@{record offset}#{link index}``, the index being the link's position in the
+record's ``Links`` list.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Final
 
 from warcio.recordloader import ArcWarcRecord
 
-from crawler.readers.base import BadRecordHandler, BadRecords, check_compression
+from crawler.readers.base import BadRecordHandler, BadRecords, check_compression, json_kind
 from crawler.readers.html import ImageTag, resolve
 from crawler.readers.records import BadRecord, check_archive, scan_records
 from crawler.readers.warc import target_uri
@@ -74,7 +76,7 @@ class _LinkExtractor:
         except ValueError as exc:  # also covers undecodable bytes
             raise BadRecord(f"invalid JSON in WAT metadata record: {exc}") from None
         if not isinstance(document, dict):
-            raise BadRecord(f"WAT metadata payload is a JSON {type(document).__name__}, not an object")
+            raise BadRecord(f"WAT metadata payload is a JSON {json_kind(document)}, not an object")
         html = _walk(document, _HTML_METADATA)
         if not isinstance(html, dict):
             return None  # a request, a non-HTML response, warcinfo: no links
@@ -84,7 +86,7 @@ class _LinkExtractor:
             page_url = uri if isinstance(uri, str) and uri else None
         links = html.get("Links", [])
         if not isinstance(links, list):
-            raise BadRecord(f"HTML-Metadata.Links is a JSON {type(links).__name__}, not a list")
+            raise BadRecord(f"HTML-Metadata.Links is a JSON {json_kind(links)}, not an array")
         base = page_url
         base_href = _walk(html, ("Head", "Base"))
         if isinstance(base_href, str) and base_href.strip():
