@@ -47,6 +47,7 @@ REDIRECT_MAX_TIMES = 5
 METAREFRESH_ENABLED = False  # an image reference does not follow HTML meta refreshes
 RETRY_TIMES = 2  # transient failures (timeouts, resets, 5xx) get two more tries before their outcome
 RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
+RETRY_GIVE_UP_LOG_LEVEL = "DEBUG"  # a dead link is data (an outcome row), not an error in the log
 HTTPERROR_ALLOW_ALL = True  # every status is an outcome: the spider sees 404s too
 COOKIES_ENABLED = False
 SCHEDULER_PRIORITY_QUEUE = "scrapy.pqueues.DownloaderAwarePriorityQueue"  # broad crawls: spread over hosts

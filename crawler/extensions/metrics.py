@@ -59,8 +59,11 @@ class StatsCollector(Collector):
         for name, documentation, key in _SIMPLE_COUNTERS:
             yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))
         inflight = GaugeMetricFamily("refwatch_inflight_requests", "Requests being downloaded now.")
-        engine = self.crawler.engine
-        inflight.add_metric([], len(engine.downloader.active) if engine is not None else 0)
+        try:
+            active = len(self.crawler.engine.downloader.active)
+        except RuntimeError:  # scraped before the crawl started (Crawler.engine is not set yet)
+            active = 0
+        inflight.add_metric([], active)
         yield inflight
 
 

@@ -1,0 +1,107 @@
+"""Component tests: refwatch's Scrapy components built with ``get_crawler`` + ``build_from_crawler``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Request, Response
+from scrapy.utils.misc import build_from_crawler
+from scrapy.utils.test import get_crawler
+
+from crawler import synthetic
+from crawler.extensions.metrics import MetricsExtension
+from crawler.extensions.summary import build_summary
+from crawler.hashing import hash_bytes
+from crawler.items import OutcomeItem
+from crawler.outcomes import Outcome
+from crawler.references import REFERENCE_META, Reference
+from middlewares.address_guard import AddressGuardMiddleware
+from middlewares.hashing import BODY_SIZE_META, DIGEST_META, ImageHashMiddleware
+
+SETTINGS = {"REFWATCH_HASH_THREADS": 1, "REFWATCH_MAX_PIXELS": 1_000_000}
+
+
+def _request(url: str = "http://example.com/a.jpg") -> Request:
+    return Request(url, meta={REFERENCE_META: Reference(url=url, ref_id="r1")})
+
+
+def test_hash_middleware_hashes_then_drops_the_body() -> None:
+    crawler = get_crawler(settings_dict=SETTINGS)
+    middleware = build_from_crawler(ImageHashMiddleware, crawler)
+    body = synthetic.synthetic_jpeg(11)
+    request = _request()
+    response = Response(request.url, status=200, body=body, request=request)
+    try:
+        out = asyncio.run(middleware.process_response(request, response))
+    finally:
+        middleware.spider_closed(None)  # type: ignore[arg-type]
+    assert out.body == b""
+    digest = request.meta[DIGEST_META]
+    assert digest.md5 == hash_bytes(body).md5 and digest.pdq == hash_bytes(body).pdq
+    assert request.meta[BODY_SIZE_META] == len(body)
+
+
+def test_hash_middleware_skips_error_pages_and_non_references() -> None:
+    crawler = get_crawler(settings_dict=SETTINGS)
+    middleware = build_from_crawler(ImageHashMiddleware, crawler)
+    try:
+        request = _request()
+        not_found = Response(request.url, status=404, body=b"<h1>gone</h1>", request=request)
+        out = asyncio.run(middleware.process_response(request, not_found))
+        assert out.body == b"" and DIGEST_META not in request.meta and request.meta[BODY_SIZE_META] == 13
+        robots = Request("http://example.com/robots.txt")
+        answer = Response(robots.url, status=200, body=b"User-agent: *\n", request=robots)
+        assert asyncio.run(middleware.process_response(robots, answer)).body == b"User-agent: *\n"
+    finally:
+        middleware.spider_closed(None)  # type: ignore[arg-type]
+
+
+def test_address_guard_is_on_by_default_and_can_be_lifted() -> None:
+    guard = build_from_crawler(AddressGuardMiddleware, get_crawler(settings_dict={}))
+    assert isinstance(guard, AddressGuardMiddleware)
+    with pytest.raises(NotConfigured):
+        build_from_crawler(AddressGuardMiddleware,
+                           get_crawler(settings_dict={"REFWATCH_ALLOW_PRIVATE_NETWORKS": True}))
+
+
+def test_metrics_mirror_stats_with_bounded_labels() -> None:
+    crawler = get_crawler(settings_dict={"REFWATCH_METRICS_PORT": 0})
+    crawler.stats.open_spider()
+    ext = build_from_crawler(MetricsExtension, crawler)
+    stats = crawler.stats
+    stats.inc_value("refwatch/outcome/ok", 3)
+    stats.inc_value("refwatch/outcome/not_found")
+    stats.inc_value("refwatch/matches/known/pdq", 2)
+    stats.inc_value("refwatch/refs_read", 5)
+    item = OutcomeItem(run_id="r", ref_id="1", url="http://x/", outcome=Outcome.OK, fetched_at=datetime.now(UTC),
+                       elapsed_ms=120.0, hash_ms=3.0)
+    ext.item_scraped(item, None)  # type: ignore[arg-type]
+    value = ext.registry.get_sample_value
+    assert value("refwatch_fetches_total", {"outcome": "ok"}) == 3
+    assert value("refwatch_fetches_total", {"outcome": "not_found"}) == 1
+    assert value("refwatch_fetches_total", {"outcome": "timeout"}) == 0
+    assert value("refwatch_matches_total", {"list": "known", "algorithm": "pdq"}) == 2
+    assert value("refwatch_refs_read_total") == 5
+    assert value("refwatch_fetch_duration_seconds_count") == 1
+    assert value("refwatch_fetch_duration_seconds_sum") == pytest.approx(0.12)
+    assert value("refwatch_hash_duration_seconds_sum") == pytest.approx(0.003)
+    # A second crawler in the same process gets its own registry: no duplicate-timeseries crash.
+    other = build_from_crawler(MetricsExtension, get_crawler(settings_dict={"REFWATCH_METRICS_PORT": 0}))
+    assert other.registry is not ext.registry
+
+
+def test_summary_is_built_from_stats() -> None:
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    stats = {"start_time": started, "refwatch/outcome/ok": 8, "refwatch/outcome/gone": 2,
+             "refwatch/matches/known/md5": 1, "refwatch/matched_references": 1, "refwatch/events_published": 1,
+             "finish_reason": "finished"}
+    summary = build_summary(stats, run_id="r", snapshots=["s.csv"],
+                            finished_at=started.replace(second=5))
+    assert summary["references"] == 10 and summary["alive"] == 8
+    assert summary["outcomes"]["gone"] == 2 and summary["outcomes"]["timeout"] == 0
+    assert summary["matches"] == {"known": {"md5": 1}}
+    assert summary["refs_per_second"] == 2.0
+    assert summary["started_at"] == "2026-01-01T00:00:00Z"
