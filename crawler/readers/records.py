@@ -113,13 +113,13 @@ def check_archive(path: Path, gzipped: bool) -> None:
         try:
             member = _GzipMember(fh, 0) if gzipped else None
             records = ArchiveIterator(member if member is not None else fh)
-            first = next(records, None)
+            first = _parse_next(records)
             if first is None:
                 raise snapshot_error(path, "holds no WARC record")
             fmt = first.format
             length = int(first.length or 0)
             # warcio refuses a whole-file gzip stream too; it has no per-record offsets to resume from.
-            if member is not None and length <= _CHECK_LIMIT and next(records, None) is not None:
+            if member is not None and length <= _CHECK_LIMIT and _parse_next(records) is not None:
                 raise snapshot_error(path, "is one gzip stream, not one gzip member per record as WARC "
                                            "requires; fix it with: warcio recompress IN OUT")
         except DAMAGE as exc:
@@ -171,16 +171,11 @@ def _scan_gzip(
 def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None]) -> tuple[T | None, str | None]:
     """The handled first record of a member, and a problem to report (content unusable, or extra records)."""
     records = ArchiveIterator(member)
-    record = next(records, None)
+    record = _parse_next(records)
     if record is None:
         return None, None  # an empty gzip member: nothing to read, nothing wrong
-    problem: str | None = None
-    result: T | None = None
-    try:
-        result = handle(record)
-    except BadRecord as exc:
-        problem = describe(exc)
-    if next(records, None) is not None:
+    result, problem = _handled(handle, record)
+    if _parse_next(records) is not None:
         problem = "this gzip member holds more than one WARC record; only the first was read"
     return result, problem
 
@@ -188,6 +183,8 @@ def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None
 def _scan_plain(
     fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
 ) -> Iterator[tuple[int, T]]:
+    """Uncompressed files have no member boundaries or CRCs: a record is damaged when warcio cannot parse it
+    or when its Content-Length does not land on the blank lines that end every record."""
     pos = 0
     while pos < size:
         fh.seek(pos)
@@ -196,15 +193,15 @@ def _scan_plain(
             # warcio's ``offset`` is where the record being read starts (until it is read to its end).
             start = records.offset
             try:
-                record = next(records)
+                record = _parse_next(records)
+                if record is None:
+                    return
                 start = records.offset
-                try:
-                    result, problem = handle(record), None
-                except BadRecord as exc:
-                    result, problem = None, describe(exc)
-                start = records.get_record_offset()
-            except StopIteration:
-                return
+                result, problem = _handled(handle, record)
+                misaligned = records.err_count
+                start = records.get_record_offset()  # reads to the record's end and the blank lines after it
+                if records.err_count != misaligned:
+                    raise CorruptRecord("its Content-Length does not end at the blank lines that end a record")
             except DAMAGE as exc:
                 bad(start, describe(exc))
                 found = _find(fh, b"\nWARC/1.", start + 1, size)  # the next line that starts a record
@@ -214,6 +211,27 @@ def _scan_plain(
                 bad(start, problem)
             if result is not None:
                 yield start, result
+
+
+def _parse_next(records: ArchiveIterator) -> ArcWarcRecord | None:
+    """The next record's headers, or ``None`` at the end; any failure of warcio's parser is damage.
+
+    warcio raises more than its own exceptions on malformed headers (AttributeError for a response
+    without a target URI, for one), so everything it raises here means "this record is unreadable".
+    """
+    try:
+        return next(records, None)
+    except DAMAGE:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party parser on untrusted bytes
+        raise CorruptRecord(f"unparsable WARC record headers ({type(exc).__name__}: {exc})") from None
+
+
+def _handled(handle: Callable[[ArcWarcRecord], T | None], record: ArcWarcRecord) -> tuple[T | None, str | None]:
+    try:
+        return handle(record), None
+    except BadRecord as exc:
+        return None, describe(exc)
 
 
 def _find(fh: BinaryIO, marker: bytes, start: int, size: int) -> int:
