@@ -203,6 +203,7 @@ def test_transient_failures_are_retried_and_429_backs_off(run: Run, web: SampleW
     assert web.hits["/ratelimit/e2e/11.jpg"] == 2
     assert web.hits["/status/500"] == 2  # one retry (--retries 1), then server_error
     assert web.hits["/status/404"] == 1  # permanent answers are not retried
+    assert run.summary["backoffs"] == 2  # the 503 and the 429 each backed their host off
 
 
 def test_matches_and_events(run: Run) -> None:

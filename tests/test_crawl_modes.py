@@ -109,6 +109,24 @@ def test_every_snapshot_format_replays(web: SampleWeb, tmp_path: Path) -> None:
     assert all(row["outcome"] in ("ok", "not_found") for row in rows.values())
 
 
+def test_corrupt_archive_record_is_skipped_counted_and_the_run_goes_on(web: SampleWeb, tmp_path: Path) -> None:
+    pages = [_warc(tmp_path / f"{i}.warc.gz", web.url(f"/p{i}.html"), f"<img src='/img/{i}.jpg'>")
+             for i in (1, 2, 3)]
+    parts = [p.read_bytes() for p in pages]
+    middle = bytearray(parts[1])
+    middle[len(middle) // 2: len(middle) // 2 + 16] = b"\0" * 16  # garble the middle gzip member
+    joined = tmp_path / "joined.warc.gz"
+    joined.write_bytes(parts[0] + bytes(middle) + parts[2])
+    done = run_refwatch("crawl", str(joined), "--out", str(tmp_path / "out"), "--run-id", "r", "--json",
+                        "--no-progress", "--allow-private-networks")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["bad_records"] == 1
+    assert summary["outcomes"]["ok"] == 2
+    assert f"{joined}" in done.stderr and str(len(parts[0])) in done.stderr  # file and offset, logged once
+    assert done.stderr.count("corrupt record") == 1
+
+
 @pytest.mark.parametrize(
     ("name", "content", "needle"),
     [

@@ -48,6 +48,7 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "matches": matches,
         "events_published": int(stats.get("refwatch/events_published", 0)),
         "bad_records": int(stats.get("refwatch/bad_records", 0)),
+        "backoffs": int(stats.get("refwatch/backoff", 0)),
         "response_bytes": int(stats.get("refwatch/response_bytes", 0)),
         "finish_reason": stats.get("finish_reason"),
     }

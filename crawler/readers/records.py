@@ -175,8 +175,10 @@ def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None
     if record is None:
         return None, None  # an empty gzip member: nothing to read, nothing wrong
     result, problem = _handled(handle, record)
-    if _parse_next(records) is not None:
+    if _parse_next(records) is not None:  # this also reads the first record to its end
         problem = "this gzip member holds more than one WARC record; only the first was read"
+    elif _missing(record):
+        result, problem = None, f"truncated: the record ends {_missing(record)} bytes before its Content-Length"
     return result, problem
 
 
@@ -200,6 +202,8 @@ def _scan_plain(
                 result, problem = _handled(handle, record)
                 misaligned = records.err_count
                 start = records.get_record_offset()  # reads to the record's end and the blank lines after it
+                if _missing(record):
+                    raise CorruptRecord(f"truncated: the file ends {_missing(record)} bytes before the record does")
                 if records.err_count != misaligned:
                     raise CorruptRecord("its Content-Length does not end at the blank lines that end a record")
             except DAMAGE as exc:
@@ -225,6 +229,11 @@ def _parse_next(records: ArchiveIterator) -> ArcWarcRecord | None:
         raise
     except Exception as exc:  # noqa: BLE001 - a third-party parser on untrusted bytes
         raise CorruptRecord(f"unparsable WARC record headers ({type(exc).__name__}: {exc})") from None
+
+
+def _missing(record: ArcWarcRecord) -> int:
+    """How many bytes of its Content-Length the record's block lacked when its stream ended (0: complete)."""
+    return max(int(getattr(record.raw_stream, "limit", 0) or 0), 0)
 
 
 def _handled(handle: Callable[[ArcWarcRecord], T | None], record: ArcWarcRecord) -> tuple[T | None, str | None]:
