@@ -315,6 +315,51 @@ def test_uncompressed_warc_damaged_middle_record(tmp_path: Path) -> None:
     assert [where for _, where, _ in bad.calls] == [ranges[1][0]]
 
 
+def test_uncompressed_warc_wrong_content_length(tmp_path: Path) -> None:
+    # Without gzip members or CRCs, a Content-Length that is too long swallows the next record; the missing
+    # blank lines after the record give it away, and reading resumes at the next "WARC/1." line.
+    path = tmp_path / "plain.warc"
+    ranges = build(path, [html_response(f"https://site{n}.example/", img_page(n)) for n in (1, 2, 3)], gz=False)
+    data = path.read_bytes()
+    start, end = ranges[1]
+    head = data[start:end]
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    path.write_bytes(data[:start] + head.replace(f"Content-Length: {length}".encode(),
+                                                 f"Content-Length: {length + 100}".encode()) + data[end:])
+    bad = Recorder()
+    refs = list(open_snapshot(path, on_bad_record=bad))
+    assert [r.url for r in refs] == ["https://site1.example/img/1.png", "https://site3.example/img/3.png"]
+    assert [where for _, where, _ in bad.calls] == [start]
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("into", [10, 120, -30])
+def test_file_cut_inside_the_last_record(tmp_path: Path, gz: bool, into: int) -> None:
+    # Into its first line, its headers, or its body: warcio alone would end quietly in the first two cases.
+    path = tmp_path / ("cut.warc.gz" if gz else "cut.warc")
+    ranges = build(path, [html_response(f"https://site{n}.example/", img_page(n)) for n in (1, 2, 3)], gz=gz)
+    start, end = ranges[2]
+    path.write_bytes(path.read_bytes()[: (start if into > 0 else end) + into])
+    bad = Recorder()
+    refs = list(open_snapshot(path, on_bad_record=bad))
+    assert [r.url for r in refs] == ["https://site1.example/img/1.png", "https://site2.example/img/2.png"]
+    assert [where for _, where, _ in bad.calls] == [start]
+    assert "truncated" in bad.calls[0][2] or "incomplete WARC record headers" in bad.calls[0][2]
+
+
+def test_gzip_member_with_headers_cut_short(tmp_path: Path) -> None:
+    # An intact gzip member (good CRC) whose WARC record stops after two header lines.
+    path = tmp_path / "short.warc.gz"
+    ranges = build(path, [html_response(f"https://site{n}.example/", img_page(n)) for n in (1, 2, 3)])
+    data = path.read_bytes()
+    short = gzip.compress(b"WARC/1.0\r\nWARC-Type: response\r\n")
+    path.write_bytes(data[: ranges[1][0]] + short + data[ranges[1][1]:])
+    bad = Recorder()
+    refs = list(open_snapshot(path, on_bad_record=bad))
+    assert [r.url for r in refs] == ["https://site1.example/img/1.png", "https://site3.example/img/3.png"]
+    assert [where for _, where, _ in bad.calls] == [ranges[1][0]]
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     ("x.warc.gz", b"WARC/1.0\r\nnot really\r\n", "not gzip-compressed"),
     ("x.warc.gz", gzip.compress(b"hello, this is text\n"), "not a readable WARC file"),

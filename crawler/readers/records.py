@@ -66,6 +66,11 @@ class _GzipMember(io.RawIOBase):
     def looks_like_warc(self) -> bool:
         return self._head.startswith(b"WARC/")
 
+    @property
+    def has_content(self) -> bool:
+        """Whether the member inflated to anything but blank lines (so far: its first bytes)."""
+        return bool(self._head.strip())
+
     def readable(self) -> bool:
         return True
 
@@ -147,6 +152,7 @@ def scan_records(
 def _scan_gzip(
     fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
 ) -> Iterator[tuple[int, T]]:
+    """One member, one record: a member that is damaged anywhere (CRC included) yields nothing."""
     pos = 0
     resyncing = False
     while pos < size:
@@ -173,6 +179,8 @@ def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None
     records = ArchiveIterator(member)
     record = _parse_next(records)
     if record is None:
+        if member.has_content:  # warcio ends quietly on headers cut short
+            raise CorruptRecord("truncated: this gzip member ends inside the record's headers")
         return None, None  # an empty gzip member: nothing to read, nothing wrong
     result, problem = _handled(handle, record)
     if _parse_next(records) is not None:  # this also reads the first record to its end
@@ -197,6 +205,8 @@ def _scan_plain(
             try:
                 record = _parse_next(records)
                 if record is None:
+                    if _has_more(fh, start, size):  # warcio ends quietly on headers cut short
+                        raise CorruptRecord("truncated: the file ends inside this record's headers")
                     return
                 start = records.offset
                 result, problem = _handled(handle, record)
@@ -224,11 +234,21 @@ def _parse_next(records: ArchiveIterator) -> ArcWarcRecord | None:
     without a target URI, for one), so everything it raises here means "this record is unreadable".
     """
     try:
-        return next(records, None)
+        record = next(records, None)
     except DAMAGE:
         raise
     except Exception as exc:  # noqa: BLE001 - a third-party parser on untrusted bytes
         raise CorruptRecord(f"unparsable WARC record headers ({type(exc).__name__}: {exc})") from None
+    # Headers cut short still make a record for warcio; WARC requires both of these in every record.
+    if record is not None and (record.rec_type is None or record.rec_headers.get_header("Content-Length") is None):
+        raise CorruptRecord("incomplete WARC record headers (no WARC-Type or Content-Length)")
+    return record
+
+
+def _has_more(fh: BinaryIO, start: int, size: int) -> bool:
+    """Whether anything but blank lines follows ``start`` (the file's last bytes are few when this is asked)."""
+    fh.seek(start)
+    return any(chunk.strip() for chunk in iter(lambda: fh.read(_CHUNK), b""))
 
 
 def _missing(record: ArcWarcRecord) -> int:
@@ -237,6 +257,7 @@ def _missing(record: ArcWarcRecord) -> int:
 
 
 def _handled(handle: Callable[[ArcWarcRecord], T | None], record: ArcWarcRecord) -> tuple[T | None, str | None]:
+    """``handle``'s result, or the reason its content is unusable (no resync needed: the bytes are fine)."""
     try:
         return handle(record), None
     except BadRecord as exc:
