@@ -75,7 +75,7 @@ def outcome_for_body(*, decodable: bool, looks_like_image: bool, content_type: s
 _EXCEPTION_RULES: tuple[tuple[Outcome, frozenset[str]], ...] = (
     (Outcome.BLOCKED_ADDRESS, frozenset({"BlockedAddressError"})),
     (Outcome.INVALID_URL, frozenset({"InvalidURLError", "UnsupportedURLSchemeError", "NotSupported"})),
-    (Outcome.TOO_LARGE, frozenset({"TooLargeError"})),
+    (Outcome.TOO_LARGE, frozenset({"TooLargeError", "_DecompressionMaxSizeExceeded"})),
     (Outcome.TLS_ERROR, frozenset({"SSLError", "TLSError", "CertificateError", "VerificationError"})),
     (Outcome.DNS_ERROR, frozenset({"CannotResolveHostError", "DNSLookupError", "gaierror"})),
     (Outcome.TIMEOUT, frozenset({"DownloadTimeoutError", "TimeoutError", "TCPTimedOutError", "UserTimeout"})),

@@ -15,6 +15,7 @@ Paths:
   /page.html                       an HTML page with <img> tags (not an image itself)
   /garbage.jpg                     ``image/jpeg`` whose bytes are not an image
   /big/<n>                         n bytes claiming to be a JPEG
+  /gzipbomb/<n>                    n zero bytes, gzip-encoded (a tiny answer that decompresses huge)
   /xrobots/<seed>.jpg              an image with ``X-Robots-Tag: noai, noimageai``
   /flaky/<key>/<seed>.jpg          503 the first time a key is asked for, then the image
   /ratelimit/<key>/<seed>.jpg      429 with ``Retry-After: 1`` the first time, then the image
@@ -24,6 +25,7 @@ Paths:
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import threading
@@ -137,6 +139,11 @@ def _big(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
     h._send(200, b"\0" * min(int(m["n"]), 64 * 1024 * 1024), "image/jpeg")
 
 
+def _gzipbomb(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
+    body = gzip.compress(b"\0" * min(int(m["n"]), 256 * 1024 * 1024), compresslevel=9)
+    h._send(200, body, "image/jpeg", {"Content-Encoding": "gzip"})
+
+
 def _xrobots(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
     h._image(int(m["seed"]), "jpg", q, {"X-Robots-Tag": "noai, noimageai"})
 
@@ -166,6 +173,7 @@ _ROUTES = [
     (re.compile(r"/page\.html"), _page),
     (re.compile(r"/garbage\.jpg"), _garbage),
     (re.compile(r"/big/(?P<n>\d+)"), _big),
+    (re.compile(r"/gzipbomb/(?P<n>\d+)"), _gzipbomb),
     (re.compile(r"/xrobots/(?P<seed>\d+)\.jpg"), _xrobots),
     (re.compile(r"/flaky/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(503)),
     (re.compile(r"/ratelimit/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(429)),
