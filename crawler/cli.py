@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crawler import __version__
+from crawler.hashlist_cli import add_hashlist_commands, cmd_hashlist
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_OUT = "./refwatch-data"
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = queue_commands.add_parser("stats", help="count pending, acknowledged and malformed events")
     stats.add_argument("--queue", default=None)
 
+    add_hashlist_commands(commands)
     demo = commands.add_parser("demo", help="a self-contained demo on a sample web on loopback")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
@@ -66,6 +68,8 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="hash list to match against (repeatable): CSV algorithm,hash[,id][,label] or text")
     p.add_argument("--hashlist-algorithm", choices=["md5", "sha1", "sha256", "phash", "dhash", "pdq"],
                    help="algorithm of plain-text hash lists (one hex hash a line)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip and count malformed hash-list lines instead of stopping (exit 2)")
     p.add_argument("--radius", action="append", type=_radius, default=[], metavar="ALGO=N",
                    help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=8 pdq=31)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -115,6 +119,8 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
         from crawler.settings import REFWATCH_RADII
 
         out["REFWATCH_RADII"] = {**REFWATCH_RADII, **dict(args.radius)}
+    if args.skip_bad_lines:
+        out["REFWATCH_HASHLIST_SKIP_BAD_LINES"] = True
     if args.obey_robots:
         out["ROBOTSTXT_OBEY"] = True
     if args.allow_private_networks:
@@ -272,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from crawler.runner import InputError
 
     handlers = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "demo": cmd_demo}
+    handlers["hashlist"] = cmd_hashlist
     try:
         return handlers[args.command](args)
     except (InputError, SnapshotError, HashListError, QueueError, _BadInput) as exc:

@@ -138,6 +138,38 @@ def hash_file(
     return hash_bytes(body, max_pixels=max_pixels, perceptual=perceptual)
 
 
+#: The order of ``pdq_dihedral_hashes``: each name is the transformation of the image whose PDQ hash sits at
+#: that position, named as Meta's dihedral reference images are (pdq/data/reg-test-input/dih/bridge-N-*.jpg,
+#: N = position + 1) and as pdqhash.compute_dihedral returns them (C++ pdqDihedralHash256esFromFloatLuma).
+PDQ_DIHEDRAL_ORDER: tuple[str, ...] = (
+    "original", "rotate-90", "rotate-180", "rotate-270", "flip-x", "flip-y", "flip-plus-1", "flip-minus-1",
+)
+
+
+def pdq_dihedral_hashes(image: bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[str]:
+    """PDQ hashes of the 8 rotations and flips of ``image`` (a body or a decoded image), in PDQ_DIHEDRAL_ORDER.
+
+    The first is the plain PDQ hash (``hash_bytes(body).pdq``, bit for bit); the others are what PDQ would give
+    the rotated or flipped picture, computed from the same DCT in one pass by Meta's C++ code (pdqhash's
+    ``compute_dihedral``), so matching them against a list finds rotated and mirrored copies. The quality is
+    the plain hash's. A body is decoded exactly as ``hash_bytes`` decodes it (same pixel limit, first frame,
+    no EXIF transpose); one that cannot be decoded raises ValueError with the reason (never its bytes).
+    """
+    if isinstance(image, Image.Image):
+        vectors, _ = pdqhash.compute_dihedral(_pdq_pixels(_rgb(image)))
+        return [pdq_hex(bits) for bits in vectors]
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValueError(f"image has {width * height} pixels, over the limit of {max_pixels}")
+            img.load()
+            vectors, _ = pdqhash.compute_dihedral(_pdq_pixels(_rgb(img)))
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes, as in _decode_and_hash
+        raise ValueError(f"cannot hash body of {len(image)} bytes: {_describe(exc)}") from None
+    return [pdq_hex(bits) for bits in vectors]
+
+
 def hamming_distance(a_hex: str, b_hex: str) -> int:
     """Number of differing bits between two hex hashes of the same length."""
     if len(a_hex) != len(b_hex):
@@ -261,14 +293,19 @@ def _rgb(img: Image.Image) -> Image.Image:
 
 def _pdq(rgb: Image.Image) -> tuple[str, int]:
     """PDQ hex and quality of an RGB image, shrunk first like Meta's reference hashers."""
+    bits, quality = pdqhash.compute(_pdq_pixels(rgb))
+    return pdq_hex(bits), int(quality)
+
+
+def _pdq_pixels(rgb: Image.Image) -> np.ndarray:
+    """The RGB pixels PDQ hashes: images over 512 px a side shrunk to fit 512x512 first."""
     if rgb.width > PDQ_MAX_DIMENSION or rgb.height > PDQ_MAX_DIMENSION:
         # Same as the reference's img.thumbnail((512, 512)) (bicubic, reducing_gap=2.0) but without
         # mutating the caller's image; it also spares the PDQ box filter a full-resolution pass.
         scale = PDQ_MAX_DIMENSION / max(rgb.width, rgb.height)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    bits, quality = pdqhash.compute(np.asarray(rgb))
-    return pdq_hex(bits), int(quality)
+    return np.asarray(rgb)
 
 
 def _describe(exc: BaseException) -> str:

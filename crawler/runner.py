@@ -16,7 +16,7 @@ from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
 from crawler.eventqueue import open_queue
-from crawler.pipelines.matching import load_hashlists
+from crawler.hashlist import load_hashlists
 from crawler.readers import open_snapshot
 from crawler.run import run_context
 
@@ -50,7 +50,8 @@ def check_inputs(settings: Settings) -> None:
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
             open_snapshot(path)
-        load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"))
+        load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
+                       skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         queue_url = settings.get("REFWATCH_QUEUE")
         if queue_url:
             open_queue(queue_url).close()

@@ -23,11 +23,13 @@ from crawler.hashing import (
     ALGORITHMS,
     DEFAULT_MAX_PIXELS,
     PERCEPTUAL,
+    PDQ_DIHEDRAL_ORDER,
     Digest,
     has_image_magic,
     hamming_distance,
     hash_bytes,
     hash_file,
+    pdq_dihedral_hashes,
 )
 from crawler.synthetic import encode, synthetic_image, synthetic_jpeg
 
@@ -423,3 +425,66 @@ def test_concurrent_hashing_gives_the_serial_results() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         concurrent = [dataclasses.replace(d, hash_seconds=0.0) for d in pool.map(hash_bytes, bodies * 3)]
     assert concurrent == serial * 3
+
+
+# --- dihedral PDQ ----------------------------------------------------------------------------------------
+
+DIHEDRAL_FILES = (
+    "dih/bridge-1-original.jpg",
+    "dih/bridge-2-rotate-90.jpg",
+    "dih/bridge-3-rotate-180.jpg",
+    "dih/bridge-4-rotate-270.jpg",
+    "dih/bridge-5-flipx.jpg",
+    "dih/bridge-6-flipy.jpg",
+    "dih/bridge-7-flip-plus-1.jpg",
+    "dih/bridge-8-flip-minus-1.jpg",
+)
+
+
+def test_dihedral_hashes_of_the_original_match_each_transformed_file(
+    pdq_dir: Path, real_digests: dict[str, Digest]
+) -> None:
+    # Meta's dihedral regression set: the original's 8 hashes must find every rotated/flipped file.
+    dihedral = pdq_dihedral_hashes((pdq_dir / DIHEDRAL_FILES[0]).read_bytes())
+    assert len(dihedral) == len(PDQ_DIHEDRAL_ORDER) == 8
+    for name in DIHEDRAL_FILES[1:]:
+        observed = real_digests[name].pdq
+        assert observed is not None
+        assert min(hamming_distance(observed, h) for h in dihedral) <= PDQ_MATCH_DISTANCE, name
+    # ... and each one at the position PDQ_DIHEDRAL_ORDER documents (file N is position N-1), while the plain
+    # hash of the original does not find the transformed files: that is what dihedral matching adds.
+    for position, name in enumerate(DIHEDRAL_FILES):
+        assert PDQ_DIHEDRAL_ORDER[position].replace("-", "") in name.replace("-", "")
+        observed = real_digests[name].pdq
+        assert observed is not None
+        distances = [hamming_distance(observed, h) for h in dihedral]
+        assert distances[position] == min(distances) <= PDQ_MATCH_DISTANCE, name
+        if position:
+            assert hamming_distance(observed, dihedral[0]) > PDQ_MATCH_DISTANCE, name
+
+
+def test_dihedral_first_hash_is_the_plain_pdq_bit_for_bit(pdq_dir: Path) -> None:
+    for body in (synthetic_jpeg(7, (640, 480)), synthetic_jpeg(8, (200, 300)), (pdq_dir / "misc/wee.jpg").read_bytes()):
+        dihedral = pdq_dihedral_hashes(body)
+        assert dihedral[0] == hash_bytes(body).pdq
+        assert len(set(dihedral)) == 8
+        with Image.open(io.BytesIO(body)) as img:
+            assert pdq_dihedral_hashes(img) == dihedral
+
+
+def test_dihedral_hashes_find_rotations_of_a_synthetic_image() -> None:
+    img = synthetic_image(11, (320, 240))
+    dihedral = pdq_dihedral_hashes(encode(img, "PNG"))
+    for transpose in Image.Transpose:
+        observed = hash_bytes(encode(img.transpose(transpose), "PNG")).pdq
+        assert observed is not None
+        assert min(hamming_distance(observed, h) for h in dihedral) <= PDQ_MATCH_DISTANCE, transpose.name
+
+
+def test_dihedral_of_a_bad_body_raises_without_echoing_it() -> None:
+    body = b"<html>not an image, secret-ish body</html>"
+    with pytest.raises(ValueError, match=f"cannot hash body of {len(body)} bytes") as info:
+        pdq_dihedral_hashes(body)
+    assert "secret" not in str(info.value)
+    with pytest.raises(ValueError, match="over the limit"):
+        pdq_dihedral_hashes(synthetic_jpeg(1, (100, 100)), max_pixels=99 * 100)

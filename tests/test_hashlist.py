@@ -1,12 +1,15 @@
-"""Hash-list loading: both formats, validation errors naming file and line, and no contents in logs."""
+"""Hash-list loading: the three formats, errors naming file and line or skipped and counted, the columnar
+representation, the compiled cache, and no contents in logs or messages."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crawler.hashlist import (
@@ -14,7 +17,10 @@ from crawler.hashlist import (
     HashEntry,
     HashList,
     HashListError,
+    cache_path,
+    compile_hashlist,
     load_hashlist,
+    load_hashlists,
     normalize_hash,
     parse_hashlist_spec,
 )
@@ -208,3 +214,274 @@ def test_normalize_hash() -> None:
     assert normalize_hash("phash", " ABCDEF0123456789\n") == "abcdef0123456789"
     with pytest.raises(ValueError):
         normalize_hash("phash", "abcdef012345678")
+
+
+# --- ThreatExchange CSV ----------------------------------------------------------------------------------
+# The header python-threatexchange's `threatexchange dataset -P --csv` writes (cli/dataset_cmd.py); an older
+# release put collab first. Signal types: "pdq", "video_md5" (-> md5), "video_sha256" (-> sha256).
+
+
+@pytest.mark.parametrize(
+    "header", ["signal_type,signal_str,collab,category,tags", "collab,signal_type,signal_str,category,tags"]
+)
+def test_threatexchange_csv(tmp_path: Path, header: str) -> None:
+    pdq, md5, sha256 = rand_hex("pdq"), rand_hex("md5"), rand_hex("sha256")
+    columns = header.split(",")
+
+    def row(**cells: str) -> str:
+        return ",".join(cells.get(c, "") for c in columns)
+
+    text = "\n".join([
+        header,
+        row(signal_type="pdq", signal_str=pdq, collab="Sample Collab", category="TRUE_POSITIVE", tags="a b"),
+        row(signal_type="video_md5", signal_str=md5.upper(), collab="c", category="WORTH_INVESTIGATING"),
+        row(signal_type="url", signal_str="https://example.com/x", collab="c", category="TRUE_POSITIVE"),
+        row(signal_type="pdq", signal_str=rand_hex("pdq"), collab="c", category="FALSE_POSITIVE", tags="fp"),
+        row(signal_type="video_sha256", signal_str=sha256, collab="c", category="TRUE_POSITIVE"),
+    ]) + "\n"
+    hl = load_hashlist(write(tmp_path, "collab.csv", text), name="tx")
+    assert hl.source_format == "threatexchange"
+    assert hl.entries == (
+        HashEntry("pdq", pdq, "tx:2", "a b"),
+        HashEntry("md5", md5, "tx:3", None),
+        HashEntry("sha256", sha256, "tx:6", None),
+    )
+    assert hl.ignored_lines == 2  # the url row and the false positive
+    assert hl.bad_lines == 0
+
+
+def test_threatexchange_bad_rows(tmp_path: Path) -> None:
+    body = f"signal_type,signal_str,collab,category,tags\npdq,{rand_hex('md5')},c,TRUE_POSITIVE,\n"
+    with pytest.raises(HashListError, match=r"tx\.csv:2: value of 32 characters \(hex\) is not a 64-hex-digit pdq"):
+        load_hashlist(write(tmp_path, "tx.csv", body))
+    body = f"signal_type,signal_str,collab,category,tags\n,{rand_hex('pdq')},c,TRUE_POSITIVE,\n"
+    with pytest.raises(HashListError, match=r"tx2\.csv:2: empty signal_type"):
+        load_hashlist(write(tmp_path, "tx2.csv", body))
+    only_other = "signal_type,signal_str,collab,category,tags\nurl,https://example.com,c,TRUE_POSITIVE,\n"
+    with pytest.raises(HashListError, match="no hashes found .*1 rows of other signal types ignored"):
+        load_hashlist(write(tmp_path, "tx3.csv", only_other))
+
+
+# --- skipping bad lines ----------------------------------------------------------------------------------
+
+
+def test_skip_bad_lines_counts_and_keeps_the_good_ones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = [rand_hex("phash") for _ in range(3)]
+    leaked = rand_hex("md5")
+    text = (
+        "algorithm,hash,id\n"
+        f"phash,{good[0]},G1\n"
+        f"phash,{leaked},B1\n"  # an md5 in a phash row: bad, and must not be echoed anywhere
+        f"sha512,{'0' * 128},B2\n"
+        f"phash,{good[1]},G2\n"
+        "phash,,B3\n"
+        f"phash,{good[2]},G3\n"
+    )
+    path = write(tmp_path, "mixed.csv", text)
+    with pytest.raises(HashListError, match=r"mixed\.csv:3: "):
+        load_hashlist(path)
+    with caplog.at_level(logging.DEBUG):
+        hl = load_hashlist(path, skip_bad_lines=True)
+    assert [e.entry_id for e in hl.entries] == ["G1", "G2", "G3"]
+    assert hl.bad_lines == 3
+    assert [line for line, _ in hl.bad_line_samples] == [3, 4, 6]
+    assert "16-hex-digit phash" in hl.bad_line_samples[0][1]
+    assert "3 bad lines skipped" in caplog.text
+    for secret in (leaked, *good):
+        assert secret not in caplog.text
+        assert all(secret not in reason for _, reason in hl.bad_line_samples)
+
+
+def test_bad_line_samples_are_bounded(tmp_path: Path) -> None:
+    text = "algorithm,hash\n" + "phash,zz\n" * 50 + f"phash,{rand_hex('phash')}\n"
+    hl = load_hashlist(write(tmp_path, "many.csv", text), skip_bad_lines=True)
+    assert hl.bad_lines == 50
+    assert len(hl.bad_line_samples) == 10
+    assert len(hl) == 1
+
+
+def test_skip_bad_lines_in_text_lists_and_undecodable_lines(tmp_path: Path) -> None:
+    a, b = rand_hex("md5"), rand_hex("md5")
+    path = tmp_path / "plain.txt"
+    path.write_bytes(f"{a}\nnot-a-hash\n\xff\xfe\n".encode("latin-1") + f"{b}\n".encode())
+    hl = load_hashlist(path, algorithm="md5", skip_bad_lines=True)
+    assert [e.hash for e in hl.entries] == [a, b]
+    assert [line for line, _ in hl.bad_line_samples] == [2, 3]
+    assert hl.bad_line_samples[1][1] == "not valid UTF-8 text"
+
+
+def test_undecodable_line_inside_a_quoted_csv_record(tmp_path: Path) -> None:
+    h = rand_hex("pdq")
+    path = tmp_path / "q.csv"
+    path.write_bytes(b'algorithm,hash,label\npdq,' + h.encode() + b',"two\n\xff lines"\npdq,' + h.encode() + b',ok\n')
+    with pytest.raises(HashListError, match=r"q\.csv:3: not valid UTF-8"):
+        load_hashlist(path)
+    hl = load_hashlist(path, skip_bad_lines=True)
+    assert (hl.bad_lines, len(hl), hl.entries[0].label) == (1, 1, "ok")
+
+
+def test_all_lines_bad_is_still_an_empty_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.csv", "algorithm,hash\nphash,zz\nmd5,1\n")
+    with pytest.raises(HashListError, match=r"no hashes found \(3 lines read, 2 bad lines skipped\)"):
+        load_hashlist(path, skip_bad_lines=True)
+
+
+def test_file_level_errors_are_not_skipped(tmp_path: Path) -> None:
+    with pytest.raises(HashListError, match="appears twice"):
+        load_hashlist(write(tmp_path, "d.csv", "algorithm,hash,HASH\n"), skip_bad_lines=True)
+    with pytest.raises(HashListError, match="needs an algorithm"):
+        load_hashlist(write(tmp_path, "t.txt", rand_hex("md5") + "\n"), skip_bad_lines=True)
+
+
+def test_quoted_fields_and_multiline_records(tmp_path: Path) -> None:
+    a, b = rand_hex("phash"), rand_hex("phash")
+    text = f'algorithm,hash,id,label\nphash,{a},"id, with comma","label\nover two lines"\nphash,"{b}",x,\n'
+    hl = load_hashlist(write(tmp_path, "q.csv", text))
+    assert hl.entries == (HashEntry("phash", a, "id, with comma", "label\nover two lines"), HashEntry("phash", b, "x"))
+    assert list(hl.lines("phash")) == [3, 4]  # a record is numbered by its last line, as csv.reader counts
+
+
+def test_unknown_algorithm_that_looks_like_a_hash_is_not_echoed(tmp_path: Path) -> None:
+    swapped = rand_hex("pdq")  # columns swapped: the hash sits in the algorithm column
+    path = write(tmp_path, "swap.csv", f"algorithm,hash\n{swapped},pdq\n")
+    with pytest.raises(HashListError, match=r"unknown algorithm \(a value of 64 characters, hex\)") as info:
+        load_hashlist(path)
+    assert swapped not in str(info.value)
+
+
+# --- columnar representation -----------------------------------------------------------------------------
+
+
+def test_packed_arrays_and_lazy_entries_in_file_order(tmp_path: Path) -> None:
+    rows = [("pdq", rand_hex("pdq")), ("phash", rand_hex("phash")), ("sha1", rand_hex("sha1")),
+            ("pdq", rand_hex("pdq")), ("phash", rand_hex("phash"))]
+    text = "algorithm,hash,label\n" + "".join(f"{a},{h},L{i}\n" for i, (a, h) in enumerate(rows))
+    hl = load_hashlist(write(tmp_path, "p.csv", text))
+    assert hl.algorithms == ("pdq", "phash", "sha1")
+    assert len(hl) == len(hl.entries) == 5
+    assert [(e.algorithm, e.hash, e.label) for e in hl.entries] == [(a, h, f"L{i}") for i, (a, h) in enumerate(rows)]
+    assert hl.entries[-1] == hl.entries[4] == HashEntry("phash", rows[4][1], "p:6", "L4")
+    assert hl.entries[1:3] == (hl.entries[1], hl.entries[2])
+    with pytest.raises(IndexError):
+        hl.entries[5]
+    pdq = hl.packed("pdq")
+    assert pdq.dtype == np.uint64 and pdq.shape == (2, 4) and not pdq.flags.writeable
+    assert [int(w) for w in pdq[1]] == [int(rows[3][1][16 * k : 16 * k + 16], 16) for k in range(4)]
+    assert hl.packed("phash")[:, 0].tolist() == [int(rows[1][1], 16), int(rows[4][1], 16)]
+    assert hl.packed("sha1").shape == (1, 3)  # 160 bits, zero-padded to 3 words
+    assert hl.hash_hex("sha1", 0) == rows[2][1]
+    assert hl.packed("md5").shape == (0, 2)
+    assert hl.lines("pdq").tolist() == [2, 5]
+    assert hl.entry("pdq", 1) == HashEntry("pdq", rows[3][1], "p:5", "L3")
+
+
+def test_hashlist_built_from_entries_validates_them() -> None:
+    entry = HashEntry("phash", rand_hex("phash"), "x:1", "l")
+    hl = HashList("x", "x.csv", (entry,))
+    assert hl.entries == (entry,) and hl.count_by_algorithm() == {"phash": 1}
+    assert len(HashList("x", "x.csv", ())) == 0
+    with pytest.raises(ValueError):
+        HashList("x", "x.csv", (HashEntry("phash", "ABCDEF0123456789", "x:1"),))
+    with pytest.raises(ValueError):
+        HashList("x", "x.csv", (HashEntry("sha512", "0" * 128, "x:1"),))
+    with pytest.raises(ValueError):
+        HashList("x", "x.csv", (HashEntry("pdq", "0" * 63, "x:1"),))
+
+
+def test_duplicates_per_algorithm(tmp_path: Path) -> None:
+    p, q, m = rand_hex("pdq"), rand_hex("pdq"), rand_hex("md5")
+    rows = [("pdq", p), ("pdq", q), ("pdq", p.upper()), ("pdq", p), ("md5", m), ("phash", m[:16]), ("dhash", m[:16])]
+    text = "algorithm,hash\n" + "".join(f"{a},{h}\n" for a, h in rows)
+    hl = load_hashlist(write(tmp_path, "dup.csv", text))
+    assert hl.duplicate_counts() == {"dhash": 0, "md5": 0, "pdq": 2, "phash": 0}
+
+
+def test_repr_shows_counts_only(tmp_path: Path) -> None:
+    h = rand_hex("pdq")
+    hl = load_hashlist(write(tmp_path, "r.csv", f"algorithm,hash,id,label\npdq,{h},ID-SECRET,LBL-SECRET\n"))
+    text = repr(hl) + repr(hl.entries)
+    assert h not in text and "SECRET" not in text and "'pdq': 1" in text
+
+
+def test_load_hashlists_names_and_duplicates(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.csv", f"algorithm,hash\nmd5,{rand_hex('md5')}\n")
+    lists = load_hashlists([str(a), f"other={a}"])
+    assert [hl.name for hl in lists] == ["a", "other"]
+    with pytest.raises(HashListError, match="a second list named 'a'"):
+        load_hashlists([str(a), f"a={a}"])
+
+
+# --- compiled cache ----------------------------------------------------------------------------------------
+
+
+def _list_text(n: int) -> str:
+    rows = [f"pdq,{rand_hex('pdq')},E{i},{'lbl' if i % 2 else ''}" for i in range(n)]
+    rows += [f"md5,{rand_hex('md5')},," for _ in range(3)] + [f"sha1,{rand_hex('sha1')},S,x"]
+    return "algorithm,hash,id,label\n" + "\n".join(rows) + "\n"
+
+
+def test_compile_and_load_from_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "big.csv", _list_text(200))
+    parsed = load_hashlist(path, name="n")
+    compiled, target = compile_hashlist(path)
+    assert target == cache_path(path) == tmp_path / "big.csv.rwidx"
+    assert compiled.from_cache is False and not parsed.from_cache
+    with caplog.at_level(logging.DEBUG):
+        cached = load_hashlist(path, name="n")
+    assert cached.from_cache
+    assert cached == parsed  # same entries, in file order; default ids use the name given at load time
+    assert cached.entries[200].entry_id == "n:202"
+    for algorithm in parsed.algorithms:
+        assert np.array_equal(cached.packed(algorithm), parsed.packed(algorithm))
+    assert "from cache" in caplog.text
+    assert "E1" not in caplog.text and parsed.entries[0].hash not in caplog.text
+    assert not load_hashlist(path, use_cache=False).from_cache
+
+
+def test_cache_is_ignored_once_the_list_changes(tmp_path: Path) -> None:
+    path = write(tmp_path, "l.csv", _list_text(5))
+    compile_hashlist(path)
+    extra = rand_hex("pdq")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"pdq,{extra},NEW,\n")
+    hl = load_hashlist(path)
+    assert not hl.from_cache and hl.entries[-1].hash == extra
+    # same size, other content, other mtime: still not used
+    compile_hashlist(path)
+    text = path.read_text(encoding="utf-8").replace(extra, rand_hex("pdq"))
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert not load_hashlist(path).from_cache
+
+
+def test_cache_respects_options(tmp_path: Path) -> None:
+    text_list = write(tmp_path, "t.txt", "\n".join(rand_hex("md5") for _ in range(4)) + "\n")
+    compile_hashlist(text_list, algorithm="md5")
+    assert load_hashlist(text_list, algorithm="md5").from_cache
+    with pytest.raises(HashListError, match=r"t\.txt:1: value of 32 characters \(hex\) is not a 16-hex-digit phash"):
+        load_hashlist(text_list, algorithm="phash")  # another algorithm: the cache does not apply
+    with_bad = write(tmp_path, "b.csv", "algorithm,hash\nphash,zz\n" + f"phash,{rand_hex('phash')}\n")
+    compile_hashlist(with_bad, skip_bad_lines=True)
+    assert load_hashlist(with_bad, skip_bad_lines=True).from_cache
+    assert load_hashlist(with_bad, skip_bad_lines=True).bad_line_samples[0][0] == 2
+    with pytest.raises(HashListError, match=r"b\.csv:2: "):
+        load_hashlist(with_bad)  # without skip_bad_lines the bad line is an error, cache or not
+
+
+def test_damaged_cache_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "d.csv", _list_text(3))
+    _, target = compile_hashlist(path)
+    target.write_bytes(target.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        hl = load_hashlist(path)
+    assert not hl.from_cache and len(hl) == 7
+    assert "unusable" in caplog.text
+
+
+def test_compile_errors(tmp_path: Path) -> None:
+    with pytest.raises(HashListError, match="no such file"):
+        compile_hashlist(tmp_path / "missing.csv")
+    path = write(tmp_path, "e.csv", "algorithm,hash\nphash,zz\n")
+    with pytest.raises(HashListError, match=r"e\.csv:2: "):
+        compile_hashlist(path)
+    assert not cache_path(path).exists()

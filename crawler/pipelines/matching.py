@@ -13,20 +13,11 @@ from scrapy.exceptions import NotConfigured
 
 from crawler.eventqueue import EventQueue, open_queue
 from crawler.events import events_for
-from crawler.hashlist import HashList, load_hashlist, parse_hashlist_spec
+from crawler.hashlist import load_hashlists
 from crawler.items import OutcomeItem
 from crawler.matching import Matcher
 
 logger = logging.getLogger(__name__)
-
-
-def load_hashlists(specs: list[str], algorithm: str | None = None) -> list[HashList]:
-    """Load every ``[NAME=]PATH`` list; raises ``HashListError`` naming the file and line."""
-    lists = []
-    for spec in specs:
-        name, path = parse_hashlist_spec(spec)
-        lists.append(load_hashlist(path, name=name, algorithm=algorithm))
-    return lists
 
 
 class MatchPipeline:
@@ -41,7 +32,8 @@ class MatchPipeline:
         specs = settings.getlist("REFWATCH_HASHLISTS")
         if not specs:
             raise NotConfigured  # no hash lists: nothing to match
-        lists = load_hashlists(specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"))
+        lists = load_hashlists(specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"),
+                               skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         radii = settings.getdict("REFWATCH_RADII")
         matcher = Matcher(lists, radii={k: int(v) for k, v in radii.items()},
                           pdq_min_quality=settings.getint("REFWATCH_PDQ_MIN_QUALITY"))
