@@ -71,7 +71,7 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip and count malformed hash-list lines instead of stopping (exit 2)")
     p.add_argument("--radius", action="append", type=_radius, default=[], metavar="ALGO=N",
-                   help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=8 pdq=31)")
+                   help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=6 pdq=31)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--queue", default=None, help="event queue URL (default file://OUT/queue)")
     p.add_argument("--run-id", default=None, help="run id (default: start time); the same id redoes a run")

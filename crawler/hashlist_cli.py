@@ -51,7 +51,7 @@ def add_hashlist_commands(subparsers: Any) -> None:
     queries.add_argument("--hashes-file", metavar="FILE",
                          help="hashes to look up: ALGO:HEX lines, or a CSV with algorithm,hash columns")
     match.add_argument("--radius", action="append", type=_radius, default=[], metavar="ALGO=N",
-                       help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=8 pdq=31)")
+                       help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=6 pdq=31)")
     match.add_argument("--json", action="store_true", help="one JSON object per match")
 
     compile_ = commands.add_parser("compile", help="write LIST.rwidx, a binary cache that loads in seconds")

@@ -21,7 +21,7 @@ REFWATCH_QUEUE: str | None = None  # None: file://<REFWATCH_OUT>/queue
 REFWATCH_HASHLISTS: list[str] = []  # "[NAME=]PATH", repeatable
 REFWATCH_HASHLIST_ALGORITHM: str | None = None  # for plain-text lists, one hex hash a line
 REFWATCH_HASHLIST_SKIP_BAD_LINES = False  # skip and count malformed list lines instead of stopping
-REFWATCH_RADII = {"phash": 8, "dhash": 8, "pdq": 31}  # Hamming radius per perceptual algorithm
+REFWATCH_RADII = {"phash": 8, "dhash": 6, "pdq": 31}  # Hamming radius per algorithm: measured in docs/matching.md
 REFWATCH_PDQ_MIN_QUALITY = 50  # PDQ hashes below this quality are not matched, as PDQ recommends
 REFWATCH_MAX_PIXELS = 64_000_000  # decompression-bomb guard: larger images are decode_error, never decoded
 REFWATCH_HASH_THREADS = 2  # image decoding and hashing run in this many threads, off the reactor

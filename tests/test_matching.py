@@ -75,7 +75,8 @@ def test_custom_radius() -> None:
     # dhash keeps its default
     dtarget = rand_hex(rng, "dhash")
     matcher = Matcher([make_list("l", [("dhash", dtarget)])], radii={"phash": 2})
-    assert matcher.match({"dhash": flip(rng, dtarget, 8)})
+    assert matcher.match({"dhash": flip(rng, dtarget, DEFAULT_RADII["dhash"])})
+    assert not matcher.match({"dhash": flip(rng, dtarget, DEFAULT_RADII["dhash"] + 1)})
 
 
 @pytest.mark.parametrize(
@@ -175,3 +176,83 @@ def test_brute_force_cross_check(algorithm: str) -> None:
         assert got == expected
         planted_hits += sum(m.distance in (radius - 1, radius) for m in got)
     assert planted_hits >= 3 * 8 * 2  # every planted r-1 and r neighbour found; r+1 ones checked by equality
+
+
+def test_per_list_radii() -> None:
+    rng = random.Random(17)
+    target = rand_hex(rng, "phash")
+    pdq = rand_hex(rng, "pdq")
+    a = make_list("a", [("phash", target), ("pdq", pdq)])
+    b = make_list("b", [("phash", target), ("pdq", pdq)])
+    matcher = Matcher([a, b], radii={"phash": 6}, list_radii={"b": {"phash": 2}, "a": {"pdq": 10}})
+    assert (matcher.radius("a", "phash"), matcher.radius("b", "phash")) == (6, 2)
+    assert (matcher.radius("a", "pdq"), matcher.radius("b", "pdq"), matcher.radius("a", "md5")) == (10, 31, 0)
+    assert [m.list_name for m in matcher.match({"phash": flip(rng, target, 2)})] == ["a", "b"]
+    assert [m.list_name for m in matcher.match({"phash": flip(rng, target, 5)})] == ["a"]
+    assert matcher.match({"phash": flip(rng, target, 7)}) == []
+    assert [m.list_name for m in matcher.match({"pdq": flip(rng, pdq, 20)})] == ["b"]
+    wider = Matcher([a, b], list_radii={"b": {"phash": 12}})  # wider than every other list's
+    assert [(m.list_name, m.distance) for m in wider.match({"phash": flip(rng, target, 11)})] == [("b", 11)]
+
+
+@pytest.mark.parametrize(
+    "list_radii",
+    [{"c": {"phash": 2}}, {"a": {"md5": 1}}, {"a": {"phash": 65}}, {"a": {"crc": 1}}, {"a": {"pdq": True}}],
+)
+def test_bad_per_list_radii(list_radii: dict[str, dict[str, object]]) -> None:
+    with pytest.raises(ValueError):
+        Matcher([make_list("a", [("phash", "0" * 16)])], list_radii=list_radii)  # type: ignore[arg-type]
+
+
+def test_pdq_dihedral_forms() -> None:
+    rng = random.Random(19)
+    target, other = rand_hex(rng, "pdq"), rand_hex(rng, "pdq")
+    matcher = Matcher([make_list("l", [("pdq", target), ("pdq", other)])])
+    plain = rand_hex(rng, "pdq")  # the image's own hash matches nothing
+    rotated = flip(rng, target, 5)  # but its rotation is a listed image
+    (match,) = matcher.match({"pdq": plain}, pdq_dihedral=[plain, flip(rng, plain, 3), rotated])
+    assert (match.entry_id, match.distance, match.observed_hash, match.matched_hash) == ("l:0", 5, rotated, target)
+    # One Match per entry: the closest form, the plain hash on a tie.
+    near, nearer = flip(rng, target, 9), flip(rng, target, 3)
+    (match,) = matcher.match({"pdq": near}, pdq_dihedral=[nearer, flip(rng, target, 20)])
+    assert (match.distance, match.observed_hash) == (3, nearer)
+    tie = flip(rng, target, 4)
+    (match,) = matcher.match({"pdq": tie}, pdq_dihedral=[flip(rng, target, 4)])
+    assert match.observed_hash == tie
+    # Two forms, two entries; no plain hash computed; the quality gate covers every form.
+    both = matcher.match({"pdq": None}, pdq_dihedral=[flip(rng, target, 1), flip(rng, other, 2)])
+    assert [(m.entry_id, m.distance) for m in both] == [("l:0", 1), ("l:1", 2)]
+    assert matcher.match({}, pdq_quality=PDQ_MIN_QUALITY - 1, pdq_dihedral=[rotated]) == []
+    assert matcher.match({"pdq": plain}, pdq_dihedral=[rotated.upper()])[0].observed_hash == rotated
+    with pytest.raises(ValueError):
+        matcher.match({"pdq": plain}, pdq_dihedral=["not a hash"])
+
+
+def test_large_lists_use_the_index_and_equal_brute_force() -> None:
+    """Enough entries that the index cuts them into several tables; still exactly the brute-force answer."""
+    from crawler.hashindex import hamming_brute_force, pack_hex
+
+    rng = random.Random(23)
+    queries = {alg: [rand_hex(rng, alg) for _ in range(12)] for alg in ("phash", "pdq")}
+    lists = []
+    for n in range(2):
+        entries = [(alg, rand_hex(rng, alg)) for alg in ("phash", "pdq") for _ in range(30_000)]
+        for alg, observed in queries.items():
+            radius = DEFAULT_RADII[alg]
+            entries += [(alg, flip(rng, q, d)) for q in observed[:6] for d in (0, radius - 1, radius, radius + 1)]
+        rng.shuffle(entries)
+        lists.append(make_list(f"list{n}", entries))
+    matcher = Matcher(lists, list_radii={"list1": {"phash": 5}})
+    assert all(index.index.tables > 1 for alg, index in matcher._indexes.items())
+    for alg, observed in queries.items():
+        bits = HEX_DIGITS[alg] * 4
+        for query in observed:
+            got = matcher.match({alg: query})
+            expected = []
+            for hashlist in lists:
+                radius = matcher.radius(hashlist.name, alg)
+                _, rows, dist = hamming_brute_force(hashlist.packed(alg), pack_hex([query], bits), radius)
+                expected += [(hashlist.name, hashlist.entry_id(alg, int(r)), int(d), hashlist.hash_hex(alg, int(r)))
+                             for r, d in zip(rows, dist)]
+            assert sorted((m.list_name, m.entry_id, m.distance, m.matched_hash) for m in got) == sorted(expected)
+            assert {m.observed_hash for m in got} <= {query}
