@@ -84,6 +84,8 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=int, default=None, help="larger bodies are too_large (default 50 MiB)")
     p.add_argument("--max-pixels", type=int, default=None, help="larger images are decode_error (default 64M)")
     p.add_argument("--user-agent", default=None, help="User-Agent; name refwatch and a contact URL")
+    p.add_argument("--pdq-dihedral", action="store_true",
+                   help="also match PDQ of each image's rotations and flips (about +6 ms an image)")
     p.add_argument("--obey-robots", action="store_true", help="consult robots.txt (robots_blocked)")
     p.add_argument("--allow-private-networks", action="store_true",
                    help="allow loopback/private/link-local addresses (demo and tests)")
@@ -121,6 +123,8 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
         out["REFWATCH_RADII"] = {**REFWATCH_RADII, **dict(args.radius)}
     if args.skip_bad_lines:
         out["REFWATCH_HASHLIST_SKIP_BAD_LINES"] = True
+    if args.pdq_dihedral:
+        out["REFWATCH_PDQ_DIHEDRAL"] = True
     if args.obey_robots:
         out["ROBOTSTXT_OBEY"] = True
     if args.allow_private_networks:

@@ -34,6 +34,7 @@ class OutcomeItem:
     dhash: str | None = None
     pdq: str | None = None
     pdq_quality: int | None = None
+    pdq_dihedral: tuple[str, ...] = ()  # PDQ of the other rotations/flips, for matching only (not written)
     width: int | None = None
     height: int | None = None
     image_format: str | None = None

@@ -16,6 +16,7 @@ Paths:
   /garbage.jpg                     ``image/jpeg`` whose bytes are not an image
   /big/<n>                         n bytes claiming to be a JPEG
   /gzipbomb/<n>                    n zero bytes, gzip-encoded (a tiny answer that decompresses huge)
+  /rotated/<seed>.jpg              image <seed> turned 90 degrees (a dihedral copy)
   /xrobots/<seed>.jpg              an image with ``X-Robots-Tag: noai, noimageai``
   /flaky/<key>/<seed>.jpg          503 the first time a key is asked for, then the image
   /ratelimit/<key>/<seed>.jpg      429 with ``Retry-After: 1`` the first time, then the image
@@ -35,6 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image
 
 from crawler import synthetic
 
@@ -144,6 +147,11 @@ def _gzipbomb(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
     h._send(200, body, "image/jpeg", {"Content-Encoding": "gzip"})
 
 
+def _rotated(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
+    image = synthetic.synthetic_image(int(m["seed"])).transpose(Image.Transpose.ROTATE_90)
+    h._send(200, synthetic.encode(image, "JPEG"), "image/jpeg")
+
+
 def _xrobots(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
     h._image(int(m["seed"]), "jpg", q, {"X-Robots-Tag": "noai, noimageai"})
 
@@ -174,6 +182,7 @@ _ROUTES = [
     (re.compile(r"/garbage\.jpg"), _garbage),
     (re.compile(r"/big/(?P<n>\d+)"), _big),
     (re.compile(r"/gzipbomb/(?P<n>\d+)"), _gzipbomb),
+    (re.compile(r"/rotated/(?P<seed>\d+)\.jpg"), _rotated),
     (re.compile(r"/xrobots/(?P<seed>\d+)\.jpg"), _xrobots),
     (re.compile(r"/flaky/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(503)),
     (re.compile(r"/ratelimit/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(429)),

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
 
-from crawler.hashing import hash_bytes
+from crawler.hashing import Digest, hash_bytes, pdq_dihedral_hashes
 from crawler.references import REFERENCE_META
 
 DIGEST_META = "refwatch_digest"
+DIHEDRAL_META = "refwatch_pdq_dihedral"
 BODY_SIZE_META = "refwatch_body_size"
 
 
 class ImageHashMiddleware:
-    def __init__(self, max_pixels: int, threads: int) -> None:
+    def __init__(self, max_pixels: int, threads: int, pdq_dihedral: bool = False) -> None:
         self.max_pixels = max_pixels
+        self.pdq_dihedral = pdq_dihedral
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="refwatch-hash")
 
     @classmethod
@@ -33,6 +34,7 @@ class ImageHashMiddleware:
         middleware = cls(
             max_pixels=crawler.settings.getint("REFWATCH_MAX_PIXELS"),
             threads=crawler.settings.getint("REFWATCH_HASH_THREADS"),
+            pdq_dihedral=crawler.settings.getbool("REFWATCH_PDQ_DIHEDRAL"),
         )
         crawler.signals.connect(middleware.spider_closed, signal=signals.spider_closed)
         return middleware
@@ -43,10 +45,19 @@ class ImageHashMiddleware:
         body = response.body
         request.meta[BODY_SIZE_META] = len(body)
         if 200 <= response.status < 300:
-            hasher = partial(hash_bytes, body, max_pixels=self.max_pixels)
-            request.meta[DIGEST_META] = await asyncio.wrap_future(self._executor.submit(hasher))
+            digest, dihedral = await asyncio.wrap_future(self._executor.submit(self._hash, body))
+            request.meta[DIGEST_META] = digest
+            if dihedral:
+                request.meta[DIHEDRAL_META] = dihedral
         # The body stops here: everything downstream sees hashes and metadata only.
         return response.replace(body=b"")
+
+    def _hash(self, body: bytes) -> tuple[Digest, tuple[str, ...]]:
+        """Runs in a hashing thread: the digest, and the dihedral PDQ hashes when they are asked for."""
+        digest = hash_bytes(body, max_pixels=self.max_pixels)
+        if not (self.pdq_dihedral and digest.pdq):
+            return digest, ()
+        return digest, tuple(pdq_dihedral_hashes(body, max_pixels=self.max_pixels)[1:])
 
     def spider_closed(self, spider: Spider) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

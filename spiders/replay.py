@@ -24,7 +24,7 @@ from crawler.readers import iter_references, open_snapshot
 from crawler.references import REFERENCE_META, Reference
 from crawler.run import RunContext, run_context
 from crawler.urls import invalid_url_reason
-from middlewares.hashing import BODY_SIZE_META, DIGEST_META
+from middlewares.hashing import BODY_SIZE_META, DIGEST_META, DIHEDRAL_META
 
 _MAX_ERROR_CHARS = 300
 
@@ -116,6 +116,7 @@ class ReplaySpider(scrapy.Spider):
         )
         if digest is not None:
             _apply_digest(item, digest)
+            item.pdq_dihedral = response.meta.get(DIHEDRAL_META, ())
             if outcome is Outcome.DECODE_ERROR:
                 item.error = _truncate(digest.decode_error)
         return item

@@ -222,3 +222,17 @@ def test_unsupported_queue_is_bad_input(tmp_path: Path) -> None:
     done = run_refwatch("queue", "drain", "--queue", "gopher://x/y")
     assert done.returncode == 2 and "gopher" in done.stderr
 
+
+
+def test_pdq_dihedral_finds_a_rotated_copy_only_when_asked(web: SampleWeb, tmp_path: Path) -> None:
+    from crawler.hashing import hash_bytes
+
+    listing = tmp_path / "pdq.csv"
+    listing.write_text(f"algorithm,hash,id\npdq,{hash_bytes(web.image_bytes(5)).pdq},p5\n")
+    snapshot = write_snapshot(tmp_path / "s.csv", [("rotated", web.url("/rotated/5.jpg")),
+                                                   ("other", web.url("/rotated/6.jpg"))])
+    base = ("--allow-private-networks", "--hashlist", f"list={listing}")
+    plain = crawl(tmp_path / "plain", snapshot, extra=base)
+    assert plain["rotated"]["outcome"] == "ok" and not plain["rotated"]["matched"]
+    dihedral = crawl(tmp_path / "dihedral", snapshot, extra=(*base, "--pdq-dihedral"))
+    assert dihedral["rotated"]["matched"] and not dihedral["other"]["matched"]

@@ -51,7 +51,7 @@ class MatchPipeline:
     def process_item(self, item: OutcomeItem) -> OutcomeItem:
         if item.md5 is None:
             return item
-        matches = self.matcher.match(item.hashes(), pdq_quality=item.pdq_quality)
+        matches = self.matcher.match(item.hashes(), pdq_quality=item.pdq_quality, pdq_dihedral=item.pdq_dihedral)
         if not matches:
             return item
         item.matched = True
