@@ -30,16 +30,27 @@ What runs where (the machine has 2 cores, so each process is counted on its own)
 
 Columns of the table: refs (rows in the summary), wall s (process start to exit), refs/s wall and refs/s as
 the summary reports it (from the engine's start, so without Python and Scrapy start-up), peak RSS MiB,
-crawl CPU ms/ref (user+sys of the crawl process over refs; hashing threads included), hash ms (mean
-``hash_ms`` of ok rows: wall time inside a hashing thread), server CPU ms/ref.
+crawl CPU ms/ref (user+sys of the crawl process over refs, start-up and hashing threads included), CPU % (of
+one core), hash ms (mean ``hash_ms`` of ok rows: wall time inside a hashing thread, GIL waits included), server
+CPU ms/ref, and other % (CPU that other processes on the machine used meanwhile, from /proc/stat: on a shared
+2-core machine anything above ~10% makes the rates untrustworthy; CPU ms/ref suffers less).
+
+With ``--flat-memory`` it also prints the crawl's RSS at 0/10/25/50/75/90/100% of the rows written and a
+straight-line fit of RSS against rows from 25% on (MiB per 100k refs, and what that would add over 5M).
+``--env NAME=VALUE`` sets environment variables of the crawl process only, for diagnosis (for example
+``ARROW_DEFAULT_MEMORY_POOL=system``); settings stay the CLI's.
 
 ``--profile FILE`` runs the crawl under cProfile with a profiler in every thread (the hashing and Parquet
-threads included), timed with ``time.thread_time`` so waiting costs nothing; it saves the merged stats to FILE
-(``python -m pstats FILE``) and prints the costs per reference grouped by library, then the top functions.
-Profiling slows the crawl about twofold: read the shares, not the absolute times.
+threads included), saves the merged stats to FILE (``python -m pstats FILE``) and prints the costs per
+reference grouped by library (builtins charged to their caller's library), then the top functions. The clock
+is per-thread CPU time (``--profile-timer cpu``, the default: a system call per event, so call-heavy code is
+overstated) or cProfile's own (``--profile-timer wall``: idle waits are left out of the report, but a hashing
+thread's wait for the GIL counts against the C call it waited in, so hashing is overstated). Either way profiling
+slows the crawl 2-4x: read the shares, and scale them to the unprofiled CPU ms/ref.
+``--profile-report FILE --refs N`` prints the report of a saved profile again.
 
 Everything runs on 127.0.0.1-127.0.0.K; every server started here is stopped (also on Ctrl-C), every loop
-has a deadline (``--timeout``), and outputs go to a temporary folder unless ``--keep DIR`` is given.
+has a deadline (``--timeout``, ``--wait-quiet``), and outputs go to a temporary folder unless ``--keep DIR`` is given.
 """
 
 from __future__ import annotations
@@ -68,10 +79,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MiB = 1024 * 1024
-SERVER_START_TIMEOUT = 300.0  # generating 1,000 images takes ~10-20 s on 2 cores
+SERVER_START_TIMEOUT = 300.0  # generating 1,000 images takes ~7 s on 2 cores (one BLAS thread each)
 STATUS_CODES = (404, 410, 403, 500)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,7 +284,10 @@ class Server:
 def running_server(kind: str, hosts: int, distinct: int) -> Iterator[Server]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", "--kind", kind, "--hosts", str(hosts),
            "--distinct", str(distinct)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    # One BLAS thread: crawler.synthetic's small matrix products run 2-3x slower with OpenBLAS's default
+    # thread per core on this 2-core machine (measured: 34 ms vs 14 ms an image).
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env)
     server: Server | None = None
     try:
         assert proc.stdout is not None
@@ -342,6 +355,27 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
+    with open("/proc/stat", "rb") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def wait_until_quiet(server: Server, max_seconds: float, window: float = 3.0, threshold: float = 0.10) -> float:
+    """Wait (at most ``max_seconds``) until other processes use under ``threshold`` of a core; returns their share."""
+    deadline = time.monotonic() + max_seconds
+    while True:
+        machine, served, ours = _machine_busy_seconds(), server.cpu_seconds(), time.process_time()
+        time.sleep(window)
+        other = (_machine_busy_seconds() - machine - (server.cpu_seconds() - served) - (time.process_time() - ours))
+        share = max(0.0, other / window)
+        if share < threshold or time.monotonic() >= deadline:
+            return share
+        print(f"[other processes use {share:.0%} of a core: waiting for a quiet machine]", file=sys.stderr)
+
+
 def _proc_cpu_seconds(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -388,6 +422,7 @@ class CrawlResult:
     samples: list[Sample] = field(default_factory=list)
     hash_ms: float | None = None
     server_cpu_seconds: float = 0.0
+    other_cpu_seconds: float = 0.0  # used meanwhile by processes other than the crawl, the server and us
     log: Path | None = None
 
     @property
@@ -397,7 +432,7 @@ class CrawlResult:
 
 def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None, per_host: int | None,
               server: Server, timeout: float, sample_interval: float, profile: Path | None = None,
-              label: str = "") -> CrawlResult:
+              profile_timer: str = "cpu", label: str = "", env: dict[str, str] | None = None) -> CrawlResult:
     args = ["crawl", str(snapshot), "--out", str(out), "--run-id", run_id, "--allow-private-networks", "--json",
             "--no-progress"]
     if concurrency is not None:
@@ -407,18 +442,20 @@ def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None
     if profile is None:
         cmd = [sys.executable, "-m", "crawler.cli", *args]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_profiled", str(profile), *args]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "_profiled", str(profile), profile_timer, *args]
     run_dir = out / "runs" / run_id
+    out.mkdir(parents=True, exist_ok=True)
     stdout_path, log_path = out / f"{run_id}.stdout.json", out / f"{run_id}.log"
     counter = PartCounter(run_dir / "outcomes")
     server_cpu_before = server.cpu_seconds()
+    machine_before, harness_before = _machine_busy_seconds(), time.process_time()
     waited: dict[str, Any] = {}
     done = threading.Event()
 
     with stdout_path.open("wb") as stdout, log_path.open("wb") as stderr:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=REPO_ROOT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
         def wait() -> None:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -456,17 +493,22 @@ def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None
         summary = {}
     if samples:
         samples.append(Sample(waited["ended"] - started, samples[-1].rss, counter.rows()))
+    server_cpu = server.cpu_seconds() - server_cpu_before
+    crawl_cpu = usage.ru_utime + usage.ru_stime
+    harness_cpu = time.process_time() - harness_before
+    other_cpu = (_machine_busy_seconds() - machine_before) - crawl_cpu - server_cpu - harness_cpu
     return CrawlResult(
         label=label or run_id,
         concurrency=concurrency,
         returncode=proc.returncode,
         wall_seconds=waited["ended"] - started,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        cpu_seconds=crawl_cpu,
         maxrss=usage.ru_maxrss * 1024,  # KiB on Linux
         summary=summary,
         samples=samples,
         hash_ms=_mean_hash_ms(run_dir / "outcomes"),
-        server_cpu_seconds=server.cpu_seconds() - server_cpu_before,
+        server_cpu_seconds=server_cpu,
+        other_cpu_seconds=max(0.0, other_cpu),
         log=log_path,
     )
 
@@ -492,7 +534,7 @@ def _mean_hash_ms(outcomes_dir: Path) -> float | None:
 
 def print_table(results: list[CrawlResult], expected: dict[str, int]) -> None:
     header = (f"{'run':<14}{'conc':>6}{'refs':>9}{'wall s':>9}{'refs/s':>9}{'engine s':>10}{'refs/s*':>9}"
-              f"{'peak MiB':>10}{'CPU ms/ref':>12}{'CPU %':>7}{'hash ms':>9}{'srv ms/ref':>12}")
+              f"{'peak MiB':>10}{'CPU ms/ref':>12}{'CPU %':>7}{'hash ms':>9}{'srv ms/ref':>12}{'other %':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -502,12 +544,16 @@ def print_table(results: list[CrawlResult], expected: dict[str, int]) -> None:
               f"{r.refs / r.wall_seconds:>9.0f}{r.summary.get('seconds', float('nan')):>10.1f}"
               f"{r.summary.get('refs_per_second', float('nan')):>9.0f}{r.maxrss / MiB:>10.0f}"
               f"{1000 * r.cpu_seconds / refs:>12.2f}{100 * r.cpu_seconds / r.wall_seconds:>7.0f}{hash_ms:>9}"
-              f"{1000 * r.server_cpu_seconds / refs:>12.3f}")
+              f"{1000 * r.server_cpu_seconds / refs:>12.3f}{100 * r.other_cpu_seconds / r.wall_seconds:>9.0f}")
     print("refs/s = refs / wall time incl. start-up; refs/s* = the summary's (engine start to close); CPU % of "
-          "one core, crawl process; srv = the image server process")
+          "one core, crawl process; srv = the image server process; other % = CPU (of one core) used meanwhile by "
+          "other processes on the machine: above ~10% the rates are not trustworthy")
     for r in results:
         outcomes = {k: v for k, v in r.summary.get("outcomes", {}).items() if v}
         want = {k: v for k, v in expected.items() if v}
+        if r.other_cpu_seconds > 0.10 * r.wall_seconds:
+            print(f"!! {r.label}: other processes used {r.other_cpu_seconds / r.wall_seconds:.0%} of a core meanwhile; "
+                  "its rates are not trustworthy")
         if r.returncode != 0 or outcomes != want:
             print(f"!! {r.label}: exit {r.returncode}, outcomes {outcomes}, expected {want}; log: {r.log}")
 
@@ -528,13 +574,20 @@ def print_memory(result: CrawlResult, refs: int) -> None:
             continue
         shown.add(id(hit))
         print(f"{mark:>8.0%} {hit.rows:>10}{hit.seconds:>8.1f}{hit.rss / MiB:>9.1f}")
-    early = next((s for s in samples if s.rows >= 0.10 * refs), None)
-    last = samples[-1]
-    if early is not None and last.rows > early.rows:
-        growth = (last.rss - early.rss) / MiB / ((last.rows - early.rows) / 100_000)
-        print(f"growth from 10% to the end: {(last.rss - early.rss) / MiB:+.1f} MiB over "
-              f"{last.rows - early.rows} rows = {growth:+.2f} MiB per 100k refs "
-              f"(x50 for a 5M-row snapshot: {growth * 50:+.0f} MiB); peak (ru_maxrss) {result.maxrss / MiB:.0f} MiB")
+    # A straight line through the samples after the first quarter (start-up and the first garbage-collection
+    # sawtooth are over by then): its slope is what a longer snapshot would add.
+    late = [s for s in samples if s.rows >= 0.25 * refs]
+    if len(late) >= 3 and late[-1].rows > late[0].rows:
+        n = len(late)
+        mean_x = sum(s.rows for s in late) / n
+        mean_y = sum(s.rss for s in late) / n
+        sxx = sum((s.rows - mean_x) ** 2 for s in late)
+        slope = sum((s.rows - mean_x) * (s.rss - mean_y) for s in late) / sxx if sxx else 0.0
+        per_100k = slope * 100_000 / MiB
+        low, high = min(s.rss for s in late) / MiB, max(s.rss for s in late) / MiB
+        print(f"RSS from 25% on: min {low:.1f}, max {high:.1f} MiB; "
+              f"fitted slope {per_100k:+.2f} MiB per 100k refs (x50 for a 5M-row snapshot: {per_100k * 50:+.0f} MiB); "
+              f"peak (ru_maxrss) {result.maxrss / MiB:.0f} MiB")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -543,16 +596,25 @@ def print_memory(result: CrawlResult, refs: int) -> None:
 
 
 def cmd_profiled(argv: Sequence[str]) -> int:
-    """Run ``crawler.cli.main(argv[1:])`` with a cProfile profiler (thread CPU time) in every thread."""
+    """Run ``crawler.cli.main(argv[2:])`` with a cProfile profiler in every thread; argv[:2] = FILE, TIMER.
+
+    TIMER ``cpu`` is ``time.thread_time`` (a system call per event: ~4x slower, and call-heavy code looks
+    costlier than it is); ``wall`` is cProfile's own clock (~2x slower, but time spent waiting for the GIL
+    counts against whatever was running; idle waits are left out of the report).
+    """
     import cProfile
 
-    out, cli_args = Path(argv[0]), list(argv[1:])
+    out, timer, cli_args = Path(argv[0]), argv[1], list(argv[2:])
+
+    def new_profiler() -> cProfile.Profile:
+        return cProfile.Profile(time.thread_time) if timer == "cpu" else cProfile.Profile()
+
     finished: list[cProfile.Profile] = []
     lock = threading.Lock()
     original_run = threading.Thread.run
 
     def profiled_run(self: threading.Thread) -> None:
-        profiler = cProfile.Profile(time.thread_time)
+        profiler = new_profiler()
         profiler.enable()
         try:
             original_run(self)
@@ -564,7 +626,7 @@ def cmd_profiled(argv: Sequence[str]) -> int:
     threading.Thread.run = profiled_run  # type: ignore[method-assign]
     from crawler.cli import main
 
-    main_profiler = cProfile.Profile(time.thread_time)
+    main_profiler = new_profiler()
     main_profiler.enable()
     try:
         code = main(cli_args)
@@ -621,6 +683,12 @@ def _category(filename: str) -> str:
     return "other stdlib"
 
 
+# Waiting, not working: left out of the report (they only count with the wall-clock timer).
+_IDLE = ("<method 'poll' of 'select.epoll' objects>", "<method 'acquire' of '_thread.lock' objects>",
+         "<built-in method time.sleep>", "<method 'acquire' of '_thread.RLock' objects>",
+         "<method 'get' of '_queue.SimpleQueue' objects>")
+
+
 def _builtin_category(name: str) -> str | None:
     """Builtins that are their own cost centre, whatever calls them."""
     if "openssl_" in name or "_hashlib" in name:
@@ -638,6 +706,8 @@ def report_profile(path: Path, refs: int, top: int = 25) -> None:
 
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    idle = sum(tt for (filename, _, name), (_, _, tt, _, _) in raw.items() if filename == "~" and name in _IDLE)
+    raw = {func: entry for func, entry in raw.items() if not (func[0] == "~" and func[2] in _IDLE)}
     total = sum(tt for (_, _, tt, _, _) in raw.values())
     by_category: dict[str, float] = {}
     for func, (_, _, tt, _, callers) in raw.items():
@@ -654,8 +724,8 @@ def report_profile(path: Path, refs: int, top: int = 25) -> None:
                 by_category[category] = by_category.get(category, 0.0) + share
         else:
             by_category[_category(filename)] = by_category.get(_category(filename), 0.0) + tt
-    print(f"\nProfile {path}: {total:.2f} CPU s in profiled threads over {refs} refs "
-          f"= {1000 * total / max(refs, 1):.2f} ms/ref (inflated by the profiler)")
+    print(f"\nProfile {path}: {total:.2f} s in profiled threads over {refs} refs "
+          f"= {1000 * total / max(refs, 1):.2f} ms/ref (inflated by the profiler); {idle:.1f} s idle waits left out")
     print(f"{'where the CPU goes (self time; builtins charged to their caller)':<58}{'ms/ref':>8}{'share':>7}")
     for category, seconds in sorted(by_category.items(), key=lambda kv: -kv[1]):
         if seconds / total < 0.005:
@@ -706,8 +776,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a larger, mostly-404 snapshot; print the crawl's RSS as it progresses")
     parser.add_argument("--server", choices=["fast", "sampleweb"], default="fast")
     parser.add_argument("--profile", type=Path, default=None, help="run once under cProfile, save stats here")
+    parser.add_argument("--profile-timer", choices=["cpu", "wall"], default="cpu",
+                        help="cProfile clock: per-thread CPU (default, ~4x overhead) or wall (~2x, GIL waits count)")
+    parser.add_argument("--profile-report", type=Path, default=None,
+                        help="only print the report of a saved profile (with --refs: the refs it covered)")
     parser.add_argument("--sample-interval", type=float, default=1.0, help="seconds between RSS samples")
     parser.add_argument("--timeout", type=float, default=1800.0, help="kill a crawl after this many seconds")
+    parser.add_argument("--wait-quiet", type=float, default=300.0, metavar="SECONDS",
+                        help="before each crawl, wait up to this long for other processes to go quiet (default 300)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the crawl process, for diagnosis (e.g. ARROW_DEFAULT_MEMORY_POOL=system)")
     parser.add_argument("--keep", type=Path, default=None, help="keep snapshot, outputs and logs in this folder")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
     return parser
@@ -720,6 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_profiled"]:
         return cmd_profiled(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.profile_report is not None:
+        report_profile(args.profile_report, args.refs or 5000)
+        return 0
     refs = args.refs or (100_000 if args.flat_memory else 5000)
     share = args.not_found_share if args.not_found_share is not None else (0.95 if args.flat_memory else 0.05)
     concurrencies: list[int | None] = (
@@ -729,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.hosts <= 254:
         raise SystemExit("--hosts must be 1..254")
 
+    env = dict(item.split("=", 1) for item in args.env)
     work = args.keep or Path(tempfile.mkdtemp(prefix="refwatch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results: list[CrawlResult] = []
@@ -742,16 +824,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[snapshot {snapshot}: {refs} refs, {expected}]", file=sys.stderr)
             for i, concurrency in enumerate(concurrencies):
                 run_id = f"bench-{i}-c{concurrency or 'default'}"
+                if args.wait_quiet > 0:
+                    wait_until_quiet(server, args.wait_quiet)
                 print(f"[crawl {run_id} ...]", file=sys.stderr)
                 result = run_crawl(snapshot, work / "out", run_id, concurrency=concurrency, per_host=args.per_host,
                                    server=server, timeout=args.timeout, sample_interval=args.sample_interval,
-                                   profile=args.profile, label=f"{args.server}-{run_id.split('-', 2)[2]}")
+                                   profile=args.profile, profile_timer=args.profile_timer,
+                                   label=f"{args.server}-{run_id.split('-', 2)[2]}", env=env)
                 results.append(result)
                 print(f"[crawl {run_id}: exit {result.returncode}, {result.wall_seconds:.1f} s]", file=sys.stderr)
         print(f"\nrefwatch crawl benchmark: {refs} refs ({share:.0%} 404), {args.hosts} loopback hosts, "
-              f"per-host {args.per_host or 8}, {args.server} server, {os.cpu_count()} CPUs")
+              f"per-host {args.per_host or 8}, {args.server} server, {os.cpu_count()} CPUs"
+              + (f", crawl env {env}" if env else ""))
         print_table(results, expected)
-        if args.flat_memory or args.sample_interval < 1.0:
+        if args.flat_memory:
             for result in results:
                 print_memory(result, refs)
         if args.profile is not None and results:
@@ -760,8 +846,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json_out.write_text(json.dumps([{
                 "label": r.label, "concurrency": r.concurrency, "refs": r.refs, "returncode": r.returncode,
                 "wall_seconds": r.wall_seconds, "cpu_seconds": r.cpu_seconds, "peak_rss_bytes": r.maxrss,
-                "summary_seconds": r.summary.get("seconds"), "summary_refs_per_second": r.summary.get("refs_per_second"),
+                "summary_seconds": r.summary.get("seconds"),
+                "summary_refs_per_second": r.summary.get("refs_per_second"),
                 "hash_ms": r.hash_ms, "server_cpu_seconds": r.server_cpu_seconds,
+                "other_cpu_seconds": r.other_cpu_seconds,
                 "rss_samples": [[s.seconds, s.rss, s.rows] for s in r.samples],
             } for r in results], indent=1))
     finally:
@@ -773,4 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the table piped into head(1)
+        sys.exit(0)

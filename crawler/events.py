@@ -13,9 +13,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from crawler.matching import Match
+if TYPE_CHECKING:  # the matcher pulls in numba; a queue consumer must not pay for it
+    from crawler.matching import Match
 
 #: JSON keys in their serialized order.
 EVENT_KEYS: Final = (

@@ -57,6 +57,13 @@ REACTOR_THREADPOOL_MAXSIZE = 20  # DNS look-ups
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 60.0
 
+# Spider middlewares that do nothing for references replayed from a snapshot (measured per-request cost).
+SPIDER_MIDDLEWARES = {
+    "scrapy.spidermiddlewares.referer.RefererMiddleware": None,
+    "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
+    "scrapy.spidermiddlewares.depth.DepthMiddleware": None,
+}
+
 # Fetched bytes never persist: no HTTP cache, no files/images pipeline.
 HTTPCACHE_ENABLED = False
 # refwatch fetches hostile content and runs in people's cloud accounts: no code-executing consoles.

@@ -49,8 +49,11 @@ class ImageHashMiddleware:
             request.meta[DIGEST_META] = digest
             if dihedral:
                 request.meta[DIHEDRAL_META] = dihedral
-        # The body stops here: everything downstream sees hashes and metadata only.
-        return response.replace(body=b"")
+        # The body stops here: everything downstream sees hashes and metadata only. A plain Response, not
+        # response.replace(): that would run encoding detection on a text body about to be dropped.
+        return Response(response.url, status=response.status, headers=response.headers, body=b"",
+                         flags=response.flags, request=request, certificate=response.certificate,
+                         ip_address=response.ip_address, protocol=response.protocol)
 
     def _hash(self, body: bytes) -> tuple[Digest, tuple[str, ...]]:
         """Runs in a hashing thread: the digest, and the dihedral PDQ hashes when they are asked for."""

@@ -7,6 +7,7 @@ above DEBUG: an INFO line names the run, the reference id, the list and the algo
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
@@ -15,7 +16,9 @@ from crawler.eventqueue import EventQueue, open_queue
 from crawler.events import events_for
 from crawler.hashlist import load_hashlists
 from crawler.items import OutcomeItem
-from crawler.matching import Matcher
+
+if TYPE_CHECKING:
+    from crawler.matching import Matcher
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ class MatchPipeline:
         specs = settings.getlist("REFWATCH_HASHLISTS")
         if not specs:
             raise NotConfigured  # no hash lists: nothing to match
+        from crawler.matching import Matcher  # numba-backed: loaded only when there is something to match
+
         lists = load_hashlists(specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"),
                                skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         radii = settings.getdict("REFWATCH_RADII")

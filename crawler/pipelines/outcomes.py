@@ -89,6 +89,9 @@ class OutcomeWriterPipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> OutcomeWriterPipeline:
+        # Arrow's default allocator (mimalloc) kept freed part buffers: RSS crept ~10 MiB per 100k rows in
+        # bench/crawl_bench.py --flat-memory; the system allocator gave them back (+2.8 MiB per 100k).
+        pa.set_memory_pool(pa.system_memory_pool())
         s = crawler.settings
         return cls(crawler, s.getint("REFWATCH_OUTCOMES_BATCH_ROWS"), s.getfloat("REFWATCH_OUTCOMES_FLUSH_SECONDS"))
 
