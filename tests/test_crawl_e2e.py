@@ -58,7 +58,7 @@ def _cases(web: SampleWeb, closed_port: int) -> list[tuple[str, str, str]]:
         ("decode-error", u("/garbage.jpg"), "decode_error"),
         ("too-large", u(f"/big/{MAX_BYTES * 2}"), "too_large"),
         ("gzip-bomb", u(f"/gzipbomb/{MAX_BYTES * 50}"), "too_large"),
-        ("timeout", u("/slow/6"), "timeout"),
+        ("timeout", u("/slow/25"), "timeout"),  # longer than all three attempts together
         ("refused", f"http://127.0.0.1:{closed_port}/img/1.jpg", "connection_error"),
         ("truncated", u("/truncated.jpg"), "connection_error"),
         ("reset", u("/reset"), "connection_error"),
