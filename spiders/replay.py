@@ -83,7 +83,7 @@ class ReplaySpider(scrapy.Spider):
                 continue
             # Lazy start (Scrapy's documented pattern): wait while the downloader is full instead of
             # filling the scheduler with the whole snapshot.
-            if self.crawler.engine is not None and self.crawler.engine.needs_backout():
+            if self.crawler.engine.needs_backout():
                 await self.crawler.signals.wait_for(signals.scheduler_empty)
             yield request
 

@@ -26,7 +26,9 @@ from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 
-from crawler.readers.base import BadRecords, snapshot_error
+from crawler.readers.base import BadRecordHandler, BadRecords, check_compression, snapshot_error
+from crawler.readers.html import ImageTag
+from crawler.references import Reference
 
 logger = logging.getLogger(__name__)
 
@@ -280,3 +282,41 @@ def _find(fh: BinaryIO, marker: bytes, start: int, size: int) -> int:
         keep = len(marker) - 1
         carry = data[-keep:]
         base += len(data) - len(carry)
+
+
+PageImages = tuple[str | None, list[ImageTag]]
+
+
+class ArchiveReader:
+    """A validated WARC-format snapshot (WARC or WAT): its first record is read when the reader is built.
+
+    Subclasses say how one record yields a page and its images (``_extractor``); the walk over records, the
+    bad-record handling and the ids (``{file name}@{record offset}#{image index}``) are shared.
+    """
+
+    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
+        self.path = path
+        self._gzipped = gzipped
+        self._on_bad_record = on_bad_record
+        check_compression(path, gzipped)
+        check_archive(path, gzipped)
+
+    @property
+    def total(self) -> int | None:
+        return None
+
+    def _extractor(self) -> Callable[[ArcWarcRecord], PageImages | None]:
+        raise NotImplementedError
+
+    def _finished(self, extractor: Callable[[ArcWarcRecord], PageImages | None]) -> None:
+        """Called after a complete pass, e.g. to warn about a file that yielded nothing."""
+
+    def __iter__(self) -> Iterator[Reference]:
+        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
+        extractor = self._extractor()
+        name = self.path.name
+        for offset, (page_url, images) in scan_records(self.path, self._gzipped, extractor, bad):
+            for image in images:
+                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
+                                alt=image.alt)
+        self._finished(extractor)

@@ -9,43 +9,24 @@ payload. A reference's id is ``{file name}@{record offset}#{img index}``: the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Final
 
 from warcio.recordloader import ArcWarcRecord
 
-from crawler.readers.base import BadRecordHandler, BadRecords, check_compression
 from crawler.readers.html import ImageTag, decoded_chunks, page_images
-from crawler.readers.records import BadRecord, check_archive, scan_records
-from crawler.references import Reference
+from crawler.readers.records import ArchiveReader, BadRecord, PageImages
 
 logger = logging.getLogger(__name__)
 
 HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 
 
-class WarcReader:
-    """A validated WARC snapshot: its first record is read when the reader is built."""
+class WarcReader(ArchiveReader):
+    """A validated WARC snapshot: the ``<img>`` tags of its HTML responses."""
 
-    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
-        self.path = path
-        self._gzipped = gzipped
-        self._on_bad_record = on_bad_record
-        check_compression(path, gzipped)
-        check_archive(path, gzipped)
-
-    @property
-    def total(self) -> int | None:
-        return None
-
-    def __iter__(self) -> Iterator[Reference]:
-        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
-        name = self.path.name
-        for offset, (page_url, images) in scan_records(self.path, self._gzipped, _html_images, bad):
-            for image in images:
-                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
-                                alt=image.alt)
+    def _extractor(self) -> Callable[[ArcWarcRecord], PageImages | None]:
+        return _html_images
 
 
 def target_uri(record: ArcWarcRecord) -> str | None:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Final
 
 from warcio.recordloader import ArcWarcRecord
 
-from crawler.readers.base import BadRecordHandler, BadRecords, check_compression, json_kind
+from crawler.readers.base import json_kind
 from crawler.readers.html import ImageTag, resolve
-from crawler.readers.records import BadRecord, check_archive, scan_records
+from crawler.readers.records import ArchiveReader, BadRecord, PageImages
 from crawler.readers.warc import target_uri
-from crawler.references import Reference
 
 logger = logging.getLogger(__name__)
 
@@ -32,29 +30,14 @@ IMAGE_LINK_PATH: Final = "IMG@/src"
 _HTML_METADATA: Final = ("Envelope", "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
 
 
-class WatReader:
-    """A validated WAT snapshot: its first record is read when the reader is built."""
+class WatReader(ArchiveReader):
+    """A validated WAT snapshot: the ``IMG@/src`` links of its metadata records."""
 
-    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
-        self.path = path
-        self._gzipped = gzipped
-        self._on_bad_record = on_bad_record
-        check_compression(path, gzipped)
-        check_archive(path, gzipped)
+    def _extractor(self) -> _LinkExtractor:
+        return _LinkExtractor()
 
-    @property
-    def total(self) -> int | None:
-        return None
-
-    def __iter__(self) -> Iterator[Reference]:
-        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
-        handler = _LinkExtractor()
-        name = self.path.name
-        for offset, (page_url, images) in scan_records(self.path, self._gzipped, handler, bad):
-            for image in images:
-                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
-                                alt=image.alt)
-        if handler.json_records == 0:
+    def _finished(self, extractor: Callable[[ArcWarcRecord], PageImages | None]) -> None:
+        if isinstance(extractor, _LinkExtractor) and extractor.json_records == 0:
             # A WARC file named .wat reads "fine" and yields nothing; say why instead of staying silent.
             logger.warning("%s: no JSON metadata records found; is it really a WAT file?", self.path)
 
