@@ -28,7 +28,7 @@ Why it is shaped this way (figures in ``bench/match_bench.py``, one core, 10M ra
   21 bits at 10M entries; tiny lists get one table with a one-bucket key, which is a plain scan.
 - Radius 0 makes it an exact-match index too (one probe of a wide key), so md5/sha1/sha256 use it as well.
 
-The file (``save``/``load``) is a 16-byte preamble (magic, version, header length), a JSON header (the plan,
+The file (``save``/``load``, the format of ``crawler.arrayfile``) holds a JSON header (the plan,
 the caller's ``meta``, every array's dtype, shape and offset) and the raw arrays at 64-byte boundaries.
 ``load`` maps the arrays read-only (``np.memmap``), so a 10M-entry index opens in tens of milliseconds and its pages
 are shared with the page cache rather than copied; it checks the offsets and positions the kernels trust.
@@ -38,27 +38,31 @@ Nothing here logs a hash.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
-import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+
+from crawler.arrayfile import ArrayFileError, aligned, read_arrays, write_arrays
 
 logger = logging.getLogger(__name__)
 
+
+def _kernels() -> ModuleType:
+    """The numba kernels, imported on first use: loading numba costs ~0.5 s (and compiling, on a new machine,
+    ~10 s), which opening or planning an index does not need."""
+    from crawler import hamming_kernels
+
+    return hamming_kernels
+
+
 _MAGIC: Final = b"RWHAMIDX"
 _VERSION: Final = 1
-_ALIGN: Final = 64
 #: Direct-address keys are at most this wide (offsets of 2^24 uint32 = 64 MiB a table).
 _MAX_KEY_BITS: Final = 24
 #: Index arrays (codes, positions, offsets) stay within this multiple of the raw hashes.
@@ -66,11 +70,9 @@ _MEMORY_CAP: Final = 2.9
 #: Relative costs in the planner: a probe (two dependent random reads), a candidate read from a random place,
 #: a candidate read in sequence (table 0's codes, a sketch).
 _PROBE_COST, _GATHER_COST, _SEQUENTIAL_COST = 2.0, 1.0, 0.1
-#: How many probes / candidates ahead the kernels prefetch.
-_AHEAD: Final = 16
 
 
-class IndexFileError(ValueError):
+class IndexFileError(ArrayFileError):
     """A file that is not a readable index (wrong magic, version or sizes); the message names the file."""
 
 
@@ -179,6 +181,7 @@ class HammingIndex:
             raise ValueError(f"an index holds fewer than 2^32 entries, not {n}")
         radius_max = _check_radius(radius_max, 64 * words)
         started = time.perf_counter()
+        kernels = _kernels()
         if tables is None:
             tables, fitting_bits = _plan(n, words, radius_max)
         elif not 1 <= tables <= 64 * words:
@@ -192,17 +195,17 @@ class HammingIndex:
         sketch = words == 1 and tables > 1 and _sketch_extras(tables, key_bits, stride) is not None
         starts = np.arange(tables, dtype=np.int64) * stride
         offsets = np.empty((tables, (1 << key_bits) + 1), dtype=np.uint32)
-        ids = _counting_order(codes, 0, key_bits, offsets[0])
-        sorted_codes = _aligned((n, words), np.uint64)
+        ids = kernels.counting_order(codes, 0, key_bits, offsets[0])
+        sorted_codes = aligned((n, words), np.uint64)
         np.take(codes, ids, axis=0, out=sorted_codes)
         _readonly(sorted_codes)
         refs = np.empty((tables - 1, n), dtype=np.uint32)
         extras = _sketch_extras(tables, key_bits, stride) if sketch else None
         for t in range(1, tables):
             if sketch:
-                _fill_sketches(sorted_codes, int(starts[t]), key_bits, int(extras[t]), offsets[t], refs[t - 1])
+                kernels.fill_sketches(sorted_codes, int(starts[t]), key_bits, int(extras[t]), offsets[t], refs[t - 1])
             else:
-                refs[t - 1] = _counting_order(sorted_codes, int(starts[t]), key_bits, offsets[t])
+                refs[t - 1] = kernels.counting_order(sorted_codes, int(starts[t]), key_bits, offsets[t])
         index = cls(words=words, radius_max=radius_max, tables=tables, key_bits=key_bits, stride=stride,
                     sketch=sketch, codes=sorted_codes, ids=_readonly(ids), refs=_readonly(refs),
                     offsets=_readonly(offsets), meta=meta)
@@ -218,15 +221,38 @@ class HammingIndex:
         """
         queries = _readonly(_check_codes(queries, self.words, "queries").view())
         radius = self.radius_max if radius is None else _check_radius(radius, self.bits)
+        query_idx, positions, distance = self._search(queries, radius)
+        entry_idx = self._ids[positions].astype(np.int64)
+        if len(entry_idx) > 1:
+            order = np.lexsort((entry_idx, query_idx))
+            query_idx, entry_idx, distance = query_idx[order], entry_idx[order], distance[order]
+        return query_idx, entry_idx, distance
+
+    def query_codes(self, queries: np.ndarray, radius: int | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``query`` plus the matched codes (``(k, words)``): what a caller that keeps no copy of the hashes
+        needs to report which hash matched."""
+        queries = _readonly(_check_codes(queries, self.words, "queries").view())
+        radius = self.radius_max if radius is None else _check_radius(radius, self.bits)
+        query_idx, positions, distance = self._search(queries, radius)
+        entry_idx = self._ids[positions].astype(np.int64)
+        order = np.lexsort((entry_idx, query_idx))
+        return query_idx[order], entry_idx[order], distance[order], self._codes[positions[order]]
+
+    def codes_in_entry_order(self) -> np.ndarray:
+        """Every code, row ``i`` being entry ``i`` (a new array: for reports and tests, not the hot path)."""
+        codes = np.empty_like(self._codes)
+        codes[self._ids] = self._codes
+        return codes
+
+    def _search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unsorted ``(query_idx, position in the codes, distance)`` of every hit."""
         if self.n == 0 or len(queries) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
         probe_radii, masks, mask_counts = self._probe_plan(radius)
-        found = _search(queries, radius, self._codes, self._ids, self._refs, self._offsets, self._starts,
-                        self.key_bits, self._extra, self.sketch, probe_radii, masks, mask_counts)
-        if len(found) > 1:
-            found = found[np.lexsort((found[:, 1], found[:, 0]))]
-        query_idx, entry_idx, distance = found.T
-        return query_idx, entry_idx, distance.astype(np.int32)
+        found = _kernels().search(queries, radius, self._codes, self._refs, self._offsets, self._starts,
+                                  self.key_bits, self._extra, self.sketch, probe_radii, masks, mask_counts)
+        return found[:, 0].copy(), found[:, 1].copy(), found[:, 2].astype(np.int32)
 
     def _probe_plan(self, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per table, how many bits its probes flip at ``radius``; the probe masks by popcount; their counts."""
@@ -245,17 +271,32 @@ class HammingIndex:
     # --- the file ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to ``path`` atomically (a temporary file beside it, then a rename)."""
-        header = {"kind": "hamming", "words": self.words, "n": self.n, "radius_max": self.radius_max,
-                  "tables": self.tables, "key_bits": self.key_bits, "stride": self.stride,
-                  "sketch": self.sketch, "meta": self.meta}
-        arrays = {"codes": self._codes, "ids": self._ids, "refs": self._refs, "offsets": self._offsets}
-        _write(Path(path), header, arrays)
+        header, arrays = self.to_arrays()
+        write_arrays(path, _MAGIC, _VERSION, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> HammingIndex:
         """Open an index ``save`` wrote; arrays are memory-mapped read-only unless ``mmap=False`` (read in)."""
-        where = os.fspath(path)
-        header, arrays = _read(where, mmap)
+        try:
+            header, arrays = read_arrays(path, _MAGIC, _VERSION, mmap=mmap, what="index file")
+        except ArrayFileError as exc:
+            raise IndexFileError(str(exc)) from None
+        return cls.from_arrays(os.fspath(path), header, arrays)
+
+    def to_arrays(self, prefix: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The layout header and the named arrays that ``from_arrays`` reassembles (names under ``prefix``),
+        for files that hold an index among other arrays (a compiled hash list)."""
+        header = {"kind": "hamming", "words": self.words, "n": self.n, "radius_max": self.radius_max,
+                  "tables": self.tables, "key_bits": self.key_bits, "stride": self.stride,
+                  "sketch": self.sketch, "meta": self.meta}
+        arrays = {"codes": self._codes, "ids": self._ids, "refs": self._refs, "offsets": self._offsets}
+        return header, {prefix + name: array for name, array in arrays.items()}
+
+    @classmethod
+    def from_arrays(cls, where: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                    prefix: str = "") -> HammingIndex:
+        """The index ``to_arrays`` described, after checking every shape, offset and position the kernels
+        trust (``IndexFileError`` naming ``where`` if one is off: the file is damaged)."""
         try:
             words, n, tables, key_bits = (int(header[k]) for k in ("words", "n", "tables", "key_bits"))
             stride, radius_max, sketch = int(header["stride"]), int(header["radius_max"]), bool(header["sketch"])
@@ -268,18 +309,22 @@ class HammingIndex:
             raise IndexFileError(f"{where}: not a consistent Hamming index header")
         expected = {"codes": ((n, words), np.uint64), "ids": ((n,), np.uint32),
                     "refs": ((tables - 1, n), np.uint32), "offsets": ((tables, (1 << key_bits) + 1), np.uint32)}
+        found = {}
         for name, (shape, dtype) in expected.items():
-            array = arrays.get(name)
+            array = arrays.get(prefix + name)
             if array is None or array.shape != shape or array.dtype != dtype:
-                raise IndexFileError(f"{where}: array {name!r} missing or of the wrong shape or type")
-        _check_offsets(where, arrays["offsets"], n)
-        if not sketch and n and tables > 1 and int(arrays["refs"].max()) >= n:
+                raise IndexFileError(f"{where}: array {prefix + name!r} missing or of the wrong shape or type")
+            found[name] = _readonly(array)
+        _check_offsets(where, found["offsets"], n)
+        if n and int(found["ids"].max()) >= n:
+            raise IndexFileError(f"{where}: an entry id points past the end of the entries")
+        if not sketch and n and tables > 1 and int(found["refs"].max()) >= n:
             raise IndexFileError(f"{where}: a table points past the end of the codes")
         if sketch and (words != 1 or _sketch_extras(tables, key_bits, stride) is None):
             raise IndexFileError(f"{where}: sketch layout recorded for codes it cannot describe")
         return cls(words=words, radius_max=radius_max, tables=tables, key_bits=key_bits, stride=stride,
-                   sketch=sketch, codes=arrays["codes"], ids=arrays["ids"], refs=arrays["refs"],
-                   offsets=arrays["offsets"], meta=meta)
+                   sketch=sketch, codes=found["codes"], ids=found["ids"], refs=found["refs"],
+                   offsets=found["offsets"], meta=meta)
 
 
 # --- planning ------------------------------------------------------------------------------------------------
@@ -334,72 +379,6 @@ def _sketch_extras(tables: int, key_bits: int, stride: int) -> np.ndarray | None
 
 
 # --- the file format -----------------------------------------------------------------------------------------
-def _write(target: Path, header: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    entries, offset = {}, 0
-    for name, array in arrays.items():
-        entries[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset}
-        offset += -(-array.nbytes // _ALIGN) * _ALIGN
-    head = json.dumps({**header, "arrays": entries}).encode()
-    data_start = -(-(16 + len(head)) // _ALIGN) * _ALIGN
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(_MAGIC + _VERSION.to_bytes(4, "little") + len(head).to_bytes(4, "little") + head)
-            for name, array in arrays.items():
-                handle.seek(data_start + entries[name]["offset"])
-                handle.write(np.ascontiguousarray(array).data)
-            handle.truncate(data_start + offset)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _read(where: str, mmap: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    try:
-        size = os.path.getsize(where)
-        with open(where, "rb") as handle:
-            preamble = handle.read(16)
-            if len(preamble) < 16 or preamble[:8] != _MAGIC:
-                raise IndexFileError(f"{where}: not a refwatch index file")
-            version = int.from_bytes(preamble[8:12], "little")
-            if version != _VERSION:
-                raise IndexFileError(f"{where}: index file version {version}, this refwatch reads {_VERSION}")
-            head = handle.read(int.from_bytes(preamble[12:16], "little"))
-            header = json.loads(head)
-            if not isinstance(header, dict):
-                raise IndexFileError(f"{where}: the index header is not an object")
-    except FileNotFoundError:
-        raise IndexFileError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFileError(f"{where}: cannot read the index header ({type(exc).__name__})") from None
-    data_start = -(-(16 + len(head)) // _ALIGN) * _ALIGN
-    arrays: dict[str, np.ndarray] = {}
-    for name, spec in dict(header.get("arrays") or {}).items():
-        try:
-            dtype, shape, offset = np.dtype(spec["dtype"]), tuple(int(d) for d in spec["shape"]), int(spec["offset"])
-        except (KeyError, TypeError, ValueError):
-            raise IndexFileError(f"{where}: bad description of array {name!r}") from None
-        count = math.prod(shape)
-        if dtype.hasobject or min(shape, default=0) < 0 or offset < 0 \
-                or data_start + offset + count * dtype.itemsize > size:
-            raise IndexFileError(f"{where}: array {name!r} does not fit in the file (truncated?)")
-        if count == 0:
-            array = np.zeros(shape, dtype=dtype)
-        elif mmap:
-            array = np.memmap(where, dtype=dtype, mode="r", offset=data_start + offset, shape=shape).view(np.ndarray)
-        else:
-            array = _aligned(shape, dtype)
-            with open(where, "rb") as handle:
-                handle.seek(data_start + offset)
-                if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
-                    raise IndexFileError(f"{where}: array {name!r} is cut short")
-        arrays[name] = _readonly(array)
-    return header, arrays
-
-
 def _check_offsets(where: str, offsets: np.ndarray, n: int) -> None:
     """The kernels read ``codes``/``refs`` at every position the offsets span: they must be sane."""
     if offsets.size and (np.any(offsets[:, 0] != 0) or np.any(offsets[:, -1] != n)
@@ -431,19 +410,6 @@ def _check_radius(radius: int, bits: int) -> int:
     return int(radius)
 
 
-def _aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An empty C array starting on a 64-byte boundary, so no 32-byte PDQ row straddles two cache lines.
-
-    numpy's own allocations are 16-byte aligned: half the rows would cost two cache misses instead of one,
-    which made gathers ~1.7x slower than from the (page-aligned) memory-mapped file.
-    """
-    dtype = np.dtype(dtype)
-    size = math.prod(shape) * dtype.itemsize
-    buffer = np.empty(size + _ALIGN, dtype=np.uint8)
-    start = -buffer.ctypes.data % _ALIGN
-    return buffer[start : start + size].view(dtype).reshape(shape)
-
-
 def _readonly(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False  # one numba signature for built and loaded (read-only memmap) arrays
     return array
@@ -452,232 +418,5 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 def _masks_by_popcount(width: int, depth: int, count: int) -> np.ndarray:
     """Every ``width``-bit value with at most ``depth`` bits set, ordered by popcount (``count`` of them)."""
     masks = np.empty(count, dtype=np.uint32)
-    _fill_masks(width, depth, masks)
+    _kernels().fill_masks(width, depth, masks)
     return masks
-
-
-# --- numba kernels -------------------------------------------------------------------------------------------
-@intrinsic
-def _prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
-    """Hint the CPU to load ``array[index]`` (first element of that row) into cache; no effect on results."""
-    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        array_type = signature.args[0]
-        ary = context.make_array(array_type)(context, builder, args[0])
-        position = context.cast(builder, args[1], signature.args[1], types.intp)
-        indices = [position] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
-        pointer = cgutils.get_item_pointer(context, builder, array_type, ary, indices, wraparound=False)
-        byte_pointer = ir.IntType(8).as_pointer()
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer] + [ir.IntType(32)] * 3)
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
-        i32 = ir.IntType(32)
-        builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                ir.Constant(i32, 1)])  # read, keep in all cache levels, data cache
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
-
-
-@numba.njit
-def _popcount(x):  # type: ignore[no-untyped-def]
-    x = np.uint64(x)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))  # LLVM emits one popcnt for this
-
-
-@numba.njit
-def _key(codes, row, start, width):  # type: ignore[no-untyped-def]
-    """Bits ``start .. start + width`` of ``codes[row]`` (bit 0 = lowest bit of word 0) as an int."""
-    word, shift = start >> 6, start & 63
-    value = codes[row, word] >> np.uint64(shift)
-    if shift + width > 64:
-        value |= codes[row, word + 1] << np.uint64(64 - shift)
-    return np.int64(value & ((np.uint64(1) << np.uint64(width)) - np.uint64(1)))
-
-
-@numba.njit
-def _sketch(codes, row, key_bits, extra):  # type: ignore[no-untyped-def]
-    """Table 0's key, then ``32 - key_bits`` bits from ``extra`` on: the 32 bits a sketch table stores."""
-    return (_key(codes, row, np.int64(0), key_bits) << (32 - key_bits)) | _key(codes, row, extra, 32 - key_bits)
-
-
-@numba.njit(cache=True, nogil=True)
-def _counting_order(codes, start, width, offsets):  # type: ignore[no-untyped-def]
-    """Stable order of the rows by their key; fills ``offsets`` (bucket k is ``offsets[k]:offsets[k + 1]``)."""
-    n = codes.shape[0]
-    keys = np.empty(n, dtype=np.uint32)
-    offsets[:] = 0
-    for row in range(n):
-        key = _key(codes, row, start, width)
-        keys[row] = key
-        offsets[key + 1] += 1
-    for key in range(offsets.shape[0] - 1):
-        offsets[key + 1] += offsets[key]
-    fill = offsets[:-1].copy()
-    order = np.empty(n, dtype=np.uint32)
-    for row in range(n):
-        key = keys[row]
-        order[fill[key]] = row
-        fill[key] += 1
-    return order
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_sketches(codes, start, width, extra, offsets, sketches):  # type: ignore[no-untyped-def]
-    """A sketch table: the rows' sketches bucketed by key, each bucket sorted (equal sketches side by side)."""
-    order = _counting_order(codes, start, width, offsets)
-    for position in range(order.shape[0]):
-        sketches[position] = _sketch(codes, np.int64(order[position]), width, extra)
-    for key in range(offsets.shape[0] - 1):  # Shell sort each bucket: a handful of values on average
-        first, end = np.int64(offsets[key]), np.int64(offsets[key + 1])
-        gap = 1
-        while gap < (end - first) // 3:
-            gap = 3 * gap + 1
-        while gap > 0:
-            for i in range(first + gap, end):
-                value = sketches[i]
-                j = i
-                while j - gap >= first and sketches[j - gap] > value:
-                    sketches[j] = sketches[j - gap]
-                    j -= gap
-                sketches[j] = value
-            gap //= 3
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_masks(width, depth, masks):  # type: ignore[no-untyped-def]
-    """All ``width``-bit values with 0, 1, .. ``depth`` bits set, by popcount (Gosper's hack within each)."""
-    position = 0
-    limit = np.int64(1) << width
-    for ones in range(depth + 1):
-        value = (np.int64(1) << ones) - 1
-        while value < limit:
-            masks[position] = value
-            position += 1
-            if ones == 0:
-                break
-            lowest = value & -value
-            ripple = value + lowest
-            value = (((ripple ^ value) >> 2) // lowest) | ripple
-
-
-@numba.njit
-def _first_table(codes, row, query_keys, starts, key_bits, probe_radii, table):  # type: ignore[no-untyped-def]
-    """True if no table before ``table`` would have probed this entry (so it is reported exactly once)."""
-    for s in range(table):
-        if probe_radii[s] >= 0 and _popcount(_key(codes, row, starts[s], key_bits) ^ query_keys[s]) <= probe_radii[s]:
-            return False
-    return True
-
-
-@numba.njit
-def _distance(codes, row, queries, q, words):  # type: ignore[no-untyped-def]
-    """Hamming distance (no early exit: for wide codes that branch is a coin toss, and mispredicts cost more)."""
-    distance = 0
-    for w in range(words):
-        distance += _popcount(codes[row, w] ^ queries[q, w])
-    return distance
-
-
-@numba.njit(cache=True, nogil=True)
-def _search(queries, radius, codes, ids, refs, offsets, starts, key_bits, extras, sketch,  # type: ignore[no-untyped-def]
-            probe_radii, masks, mask_counts):
-    words = codes.shape[1]
-    tables = starts.shape[0]
-    out = np.empty((256, 3), dtype=np.int64)  # query, entry, distance
-    found = 0
-    query_keys = np.empty(tables, dtype=np.int64)
-    first = np.empty(masks.shape[0], dtype=np.int64)
-    end = np.empty(masks.shape[0], dtype=np.int64)
-    candidates = np.empty(1024, dtype=np.int64)
-    sketch_bits = 32 - key_bits
-    offsets0 = offsets[0]
-    for q in range(queries.shape[0]):
-        for t in range(tables):
-            query_keys[t] = _key(queries, q, starts[t], key_bits)
-        for t in range(tables):
-            depth = probe_radii[t]
-            if depth < 0:
-                continue
-            probes = mask_counts[min(depth, mask_counts.shape[0] - 1)]
-            table_offsets = offsets[t]
-            own_key = query_keys[t]
-            for m in range(probes):  # bucket bounds, the offsets prefetched a few probes ahead
-                if m + _AHEAD < probes:
-                    _prefetch(table_offsets, own_key ^ masks[m + _AHEAD])
-                key = own_key ^ masks[m]
-                first[m] = table_offsets[key]
-                end[m] = table_offsets[key + 1]
-            if t == 0:  # the codes themselves, read in order
-                for m in range(probes):
-                    if m + _AHEAD < probes:
-                        _prefetch(codes, first[m + _AHEAD])
-                    for row in range(first[m], end[m]):
-                        distance = _distance(codes, row, queries, q, words)
-                        if distance <= radius:
-                            out = _emit(out, found, q, ids[row], distance)
-                            found += 1
-            elif sketch:  # 64-bit codes: rule candidates out on their sketch, find survivors in table 0
-                table_refs = refs[t - 1]
-                query_sketch = _sketch(queries, q, key_bits, extras[t])
-                for m in range(probes):
-                    if m + _AHEAD < probes:
-                        _prefetch(table_refs, first[m + _AHEAD])
-                    flipped = _popcount(np.int64(masks[m]))
-                    for j in range(first[m], end[m]):
-                        value = table_refs[j]
-                        if flipped + _popcount(value ^ query_sketch) > radius:
-                            continue
-                        if j > first[m] and table_refs[j - 1] == value:
-                            continue  # same sketch as the previous one: its rows were all handled then
-                        key = own_key ^ masks[m]
-                        bucket0 = value >> sketch_bits
-                        for row in range(offsets0[bucket0], offsets0[bucket0 + 1]):
-                            if _key(codes, row, starts[t], key_bits) != key or _sketch(codes, row, key_bits,
-                                                                                       extras[t]) != value:
-                                continue
-                            distance = _distance(codes, row, queries, q, words)
-                            if distance <= radius and _first_table(codes, row, query_keys, starts, key_bits,
-                                                                   probe_radii, t):
-                                out = _emit(out, found, q, ids[row], distance)
-                                found += 1
-            else:  # wide codes: positions into table 0, gathered with prefetching
-                table_refs = refs[t - 1]
-                count = 0
-                for m in range(probes):
-                    if m + _AHEAD < probes:
-                        _prefetch(table_refs, first[m + _AHEAD])
-                    if count + end[m] - first[m] > candidates.shape[0]:
-                        larger = np.empty(2 * (count + end[m] - first[m]), dtype=np.int64)
-                        larger[:count] = candidates[:count]
-                        candidates = larger
-                    for j in range(first[m], end[m]):
-                        candidates[count] = table_refs[j]
-                        count += 1
-                for c in range(count):
-                    if c + 2 * _AHEAD < count:
-                        _prefetch(codes, candidates[c + 2 * _AHEAD])
-                    row = candidates[c]
-                    distance = _distance(codes, row, queries, q, words)
-                    if distance <= radius and _first_table(codes, row, query_keys, starts, key_bits,
-                                                           probe_radii, t):
-                        out = _emit(out, found, q, ids[row], distance)
-                        found += 1
-    return out[:found].copy()
-
-
-@numba.njit
-def _emit(out, found, query, entry, distance):  # type: ignore[no-untyped-def]
-    """Row ``found`` of ``out`` set to one result; ``out`` doubled first when full."""
-    if found == out.shape[0]:
-        larger = np.empty((2 * found, 3), dtype=np.int64)
-        larger[:found] = out
-        out = larger
-    out[found, 0] = query
-    out[found, 1] = entry
-    out[found, 2] = distance
-    return out
