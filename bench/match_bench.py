@@ -100,6 +100,9 @@ def main() -> int:
     parser.add_argument("--realdata", type=Path, help="folder with pdq/haystack.txt and pdq/needles.txt")
     parser.add_argument("--digests", action="store_true", help="also md5 exact lookups at the largest size")
     parser.add_argument("--alternatives", action="store_true", help="also numpy-only MIH and faiss (slow)")
+    parser.add_argument("--compiled", type=float, metavar="N",
+                        help="also: compile an N-entry pHash+PDQ text list, then time loading it and building the "
+                             "Matcher (and the memory that costs)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     radii = {a: r for a, (_, r) in WIDTHS.items()} | {k: int(v) for k, v in (s.split("=") for s in args.radius)}
@@ -118,7 +121,50 @@ def main() -> int:
     print_table(rows)
     if args.digests:
         digests(max(int(float(s)) for s in args.sizes.split(",")), args)
+    if args.compiled:
+        compiled_list(int(args.compiled), args)
     return 0
+
+
+def compiled_list(n: int, args: argparse.Namespace) -> None:
+    """Parse + compile an n-entry list per algorithm once, then time what a crawl does at start: load the
+    compiled list, build the Matcher, match one image (in a child process, so its memory is its own)."""
+    import subprocess
+
+    from crawler.hashlist_compiled import compile_hashlist
+
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        for algorithm in ("phash", "pdq"):
+            words = WIDTHS[algorithm][0]
+            path = Path(tmp) / f"{algorithm}.txt"
+            codes = rng.integers(0, 2**63, size=(n, words), dtype=np.uint64, endpoint=True)
+            hexes = codes.astype(">u8").view(np.uint8).reshape(n, 8 * words)
+            with path.open("w") as handle:
+                for chunk in range(0, n, 1_000_000):
+                    handle.write("\n".join(row.tobytes().hex() for row in hexes[chunk:chunk + 1_000_000]) + "\n")
+            del codes, hexes
+            started = time.perf_counter()
+            compile_hashlist(path, algorithm=algorithm)
+            compile_s = time.perf_counter() - started
+            probe = f"""
+import resource, time, numpy as np
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+from crawler.hashlist import load_hashlist
+from crawler.matching import Matcher
+import crawler.hamming_kernels
+before = rss(); t0 = time.perf_counter()
+hl = load_hashlist({str(path)!r}, algorithm={algorithm!r}); t1 = time.perf_counter()
+m = Matcher([hl]); t2 = time.perf_counter()
+m.match({{{algorithm!r}: {"0" * (16 * words)!r}}}); t3 = time.perf_counter()
+print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}} {{t3 - t2:.4f}} {{rss() - before:.1f}} {{hl.from_cache}}")
+"""
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout.split()
+            size = (Path(tmp) / f"{algorithm}.txt.rwidx").stat().st_size / 2**20
+            print(f"compiled {algorithm} list of {n:,}: compile {compile_s:.1f} s, file {size:.0f} MiB "
+                  f"({size * 2**20 / (n * 8 * words):.2f}x raw); load {out[0]} s, Matcher {out[1]} s, "
+                  f"first match {out[2]} s, RSS +{out[3]} MiB (memory-mapped pages touched), from file: {out[4]}")
 
 
 def planted_queries(rng: np.random.Generator, codes: np.ndarray, count: int, radius: int) -> np.ndarray:

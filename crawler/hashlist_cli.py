@@ -54,8 +54,11 @@ def add_hashlist_commands(subparsers: Any) -> None:
                        help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=6 pdq=31)")
     match.add_argument("--json", action="store_true", help="one JSON object per match")
 
-    compile_ = commands.add_parser("compile", help="write LIST.rwidx, a binary cache that loads in seconds")
+    compile_ = commands.add_parser("compile", help="write LIST.rwidx: the list's built indexes, memory-mapped on load")
     _add_list_options(compile_, nargs="+")
+    compile_.add_argument("--radius", action="append", type=_radius, default=[], metavar="ALGO=N",
+                          help="radius to lay the phash/dhash/pdq indexes out for (the crawl's; any radius "
+                               "stays exact, a larger one is slower)")
 
 
 def _add_list_options(p: argparse.ArgumentParser, nargs: str) -> None:
@@ -198,13 +201,14 @@ def _queries_from_file(path: str) -> Iterator[Query]:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from crawler.hashlist import compile_hashlist, parse_hashlist_spec
+    from crawler.hashlist import parse_hashlist_spec
+    from crawler.hashlist_compiled import compile_hashlist
 
     for spec in args.lists:
         _, path = parse_hashlist_spec(spec)
         started = time.perf_counter()
         hashlist, target = compile_hashlist(path, algorithm=args.hashlist_algorithm,
-                                            skip_bad_lines=args.skip_bad_lines)
+                                            skip_bad_lines=args.skip_bad_lines, radii=dict(args.radius))
         seconds = time.perf_counter() - started
         counts = ", ".join(f"{algorithm} {count:,}" for algorithm, count in hashlist.count_by_algorithm().items())
         print(f"{path} -> {target}: {len(hashlist):,} entries ({counts}), {hashlist.bad_lines:,} bad lines "

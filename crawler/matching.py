@@ -1,16 +1,18 @@
 """Match observed image hashes against loaded hash lists.
 
-Each algorithm's entries from every list go into one ``crawler.hashindex.HammingIndex``, built once when the
-Matcher is made: perceptual hashes (phash, dhash: 64 bit; pdq: 256 bit) at the largest radius any list uses
-for them, digests (md5, sha1, sha256) at radius 0, which makes the same index an exact lookup. The index is
-exact (multi-index hashing, checked against brute force in the tests) and answers in tens of microseconds
-against 10M entries; see its module for the design and ``bench/match_bench.py`` for the figures.
+Each list's entries of each algorithm are searched through the list's own ``crawler.hashindex.HammingIndex``
+(``HashList.index``): perceptual hashes (phash, dhash: 64 bit; pdq: 256 bit) at the list's radius, digests
+(md5, sha1, sha256) at radius 0, which makes the same index an exact lookup. A compiled list
+(``refwatch hashlist compile``) brings its indexes memory-mapped, so the Matcher builds nothing; otherwise
+each is built once here. The index is exact (multi-index hashing, checked against brute force in the
+tests) and answers in tens of microseconds against 10M entries; see its module for the design and
+``bench/match_bench.py`` for the figures.
 
-An index entry maps back to its list and row through where each list's rows start in the concatenated
-array, and the row's id and label are read from the ``HashList`` only when it matched, so no Python object
-is kept per entry. Each list may have its own radius per algorithm (``list_radii``); the index is queried at
-the largest and every hit is held to its own list's radius. ``pdq_dihedral`` matches the PDQ hashes of an
-image's rotations and flips like its own PDQ hash.
+One index per list (not one over all lists) keeps each list's compiled file usable as is and gives each list
+its own radius per algorithm (``list_radii``); a handful of lists costs a handful of look-ups. A hit's id and
+label are read from the ``HashList`` only when it matched, and its hash from the index, so no Python object
+and no second copy of the hashes is kept. ``pdq_dihedral`` matches the PDQ hashes of an image's rotations
+and flips like its own PDQ hash.
 
 Nothing here logs a hash, id or label from a list.
 """
@@ -19,21 +21,17 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Final
 
 import numpy as np
 
 from crawler.hashindex import HammingIndex, pack_hex
-from crawler.hashlist import EXACT_ALGORITHMS, HEX_DIGITS, HashEntry, HashList, normalize_hash
+from crawler.hashlist import DEFAULT_RADII, EXACT_ALGORITHMS, HEX_DIGITS, HashList, hex_of, normalize_hash
 
 logger = logging.getLogger(__name__)
 
-#: Default Hamming radii (inclusive); exact algorithms are always radius 0. 31 is PDQ's published threshold.
-DEFAULT_RADII: Final[Mapping[str, int]] = MappingProxyType({"phash": 8, "dhash": 6, "pdq": 31})  # docs/matching.md
 #: PDQ hashes of images below this quality (0-100) are too unreliable to match.
 PDQ_MIN_QUALITY: Final = 50
 
@@ -49,35 +47,6 @@ class Match:
     distance: int
     observed_hash: str
     matched_hash: str
-
-
-class _AlgorithmIndex:
-    """One algorithm's entries from every list that has some: the index, where each list's rows start in it,
-    and each list's radius."""
-
-    __slots__ = ("index", "lists", "starts", "radii")
-
-    def __init__(self, algorithm: str, lists: list[HashList], radii: list[int]) -> None:
-        self.lists = lists
-        self.radii = radii
-        parts = [hashlist.packed(algorithm) for hashlist in lists]
-        self.starts = [0, *np.cumsum([len(part) for part in parts[:-1]], dtype=np.int64).tolist()]
-        codes = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one list: indexed without a copy
-        self.index = HammingIndex.build(codes, max(radii))
-
-    def hits(self, observed: np.ndarray) -> dict[tuple[int, int], tuple[int, int]]:
-        """``(list number, row) -> (distance, observed form)`` of every entry within its list's radius of any
-        form; the closest form wins, the first on a tie."""
-        best: dict[tuple[int, int], tuple[int, int]] = {}
-        query_idx, entry_idx, distance = self.index.query(observed)
-        for form, entry, d in zip(query_idx.tolist(), entry_idx.tolist(), distance.tolist()):
-            number = bisect_right(self.starts, entry) - 1
-            if d > self.radii[number]:
-                continue
-            key = (number, entry - self.starts[number])
-            if key not in best or (d, form) < best[key]:
-                best[key] = (d, form)
-        return best
 
 
 class Matcher:
@@ -109,15 +78,17 @@ class Matcher:
                         for algorithm, count in hashlist.count_by_algorithm().items()}
 
         started = time.perf_counter()
-        self._indexes: dict[str, _AlgorithmIndex] = {}
-        for algorithm in HEX_DIGITS:
-            holders = [hashlist for hashlist in lists if self._counts.get((hashlist.name, algorithm))]
-            if holders:
-                radii_used = [self.radius(h.name, algorithm) for h in holders]
-                table = self._indexes[algorithm] = _AlgorithmIndex(algorithm, holders, radii_used)
-                logger.info("%s index: %d entries from %d lists, radius up to %d, %d tables of %d-bit keys, %.1f MiB",
-                            algorithm, len(table.index), len(holders), table.index.radius_max, table.index.tables,
-                            table.index.key_bits, table.index.nbytes / 2**20)
+        # algorithm -> (list, its index, its radius) for every list holding that algorithm
+        self._indexes: dict[str, list[tuple[HashList, HammingIndex, int]]] = {}
+        for hashlist in lists:
+            for algorithm in hashlist.algorithms:
+                radius = self.radius(hashlist.name, algorithm)
+                index = hashlist.index(algorithm, radius)
+                self._indexes.setdefault(algorithm, []).append((hashlist, index, radius))
+                logger.info("list %s: %s index of %d entries, radius %d (laid out for %d), %d tables of %d-bit "
+                            "keys, %.1f MiB%s", hashlist.name, algorithm, len(index), radius, index.radius_max,
+                            index.tables, index.key_bits, index.nbytes / 2**20,
+                            ", memory-mapped" if hashlist.from_cache else "")
         logger.info(
             "Matcher ready in %.1f s: %d lists, %d entries, radii %s%s, pdq min quality %d",
             time.perf_counter() - started, len(names), sum(self._counts.values()), self._radii,
@@ -167,30 +138,33 @@ class Matcher:
 
         matches: list[Match] = []
         for algorithm, forms in observed.items():
-            table = self._indexes.get(algorithm)
-            if table is None:
+            indexes = self._indexes.get(algorithm)
+            if indexes is None:
                 continue
             if algorithm == "pdq" and pdq_quality is not None and pdq_quality < self._pdq_min_quality:
                 logger.debug("PDQ hash of quality %d below %d: not matched", pdq_quality, self._pdq_min_quality)
                 continue
-            hits = table.hits(pack_hex(forms, HEX_DIGITS[algorithm] * 4))
-            for (number, row), (distance, form) in hits.items():
-                hashlist = table.lists[number]
-                matches.append(_match(hashlist.name, hashlist.entry(algorithm, row), distance, forms[form]))
+            queries = pack_hex(forms, HEX_DIGITS[algorithm] * 4)
+            for hashlist, index, radius in indexes:
+                matches.extend(_closest_per_entry(hashlist, algorithm, index, radius, queries, forms))
         matches.sort(key=lambda m: (m.list_name, m.algorithm, m.distance, m.entry_id))
         return matches
 
 
-def _match(list_name: str, entry: HashEntry, distance: int, observed: str) -> Match:
-    return Match(
-        list_name=list_name,
-        algorithm=entry.algorithm,
-        entry_id=entry.entry_id,
-        label=entry.label,
-        distance=distance,
-        observed_hash=observed,
-        matched_hash=entry.hash,
-    )
+def _closest_per_entry(hashlist: HashList, algorithm: str, index: HammingIndex, radius: int,
+                       queries: np.ndarray, forms: Sequence[str]) -> list[Match]:
+    """One Match per entry of ``hashlist`` within ``radius`` of any form: the closest form, the first on a tie."""
+    best: dict[int, tuple[int, int, np.ndarray]] = {}
+    query_idx, entry_idx, distance, codes = index.query_codes(queries, radius)
+    for k, (form, entry, d) in enumerate(zip(query_idx.tolist(), entry_idx.tolist(), distance.tolist())):
+        if entry not in best or (d, form) < best[entry][:2]:
+            best[entry] = (d, form, codes[k])
+    return [
+        Match(list_name=hashlist.name, algorithm=algorithm, entry_id=hashlist.entry_id(algorithm, entry),
+              label=hashlist.label(algorithm, entry), distance=d, observed_hash=forms[form],
+              matched_hash=hex_of(code, algorithm))
+        for entry, (d, form, code) in best.items()
+    ]
 
 
 def _check_radii(radii: Mapping[str, int] | None, base: Mapping[str, int]) -> dict[str, int]:

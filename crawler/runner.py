@@ -42,7 +42,11 @@ def project_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 
 
 def check_inputs(settings: Settings) -> None:
-    """Open every snapshot and hash list and the queue once; raise ``InputError`` with one clear line."""
+    """Open every snapshot and hash list and the queue once; raise ``InputError`` with one clear line.
+
+    The loaded lists are kept in ``REFWATCH_LOADED_HASHLISTS`` for the match pipeline, so a list is read
+    (or its compiled file mapped) once per crawl, not once to check and again to match.
+    """
     from crawler.eventqueue import QueueError
     from crawler.hashlist import HashListError
     from crawler.references import SnapshotError
@@ -50,8 +54,9 @@ def check_inputs(settings: Settings) -> None:
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
             open_snapshot(path)
-        load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
-                       skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
+        lists = load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
+                               skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
+        settings.set("REFWATCH_LOADED_HASHLISTS", lists, priority="cmdline")
         queue_url = settings.get("REFWATCH_QUEUE")
         if queue_url:
             open_queue(queue_url).close()

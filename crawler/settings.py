@@ -21,6 +21,7 @@ REFWATCH_QUEUE: str | None = None  # None: file://<REFWATCH_OUT>/queue
 REFWATCH_HASHLISTS: list[str] = []  # "[NAME=]PATH", repeatable
 REFWATCH_HASHLIST_ALGORITHM: str | None = None  # for plain-text lists, one hex hash a line
 REFWATCH_HASHLIST_SKIP_BAD_LINES = False  # skip and count malformed list lines instead of stopping
+REFWATCH_LOADED_HASHLISTS = None  # set by the runner: the lists it loaded to check them, reused by the match pipeline
 REFWATCH_RADII = {"phash": 8, "dhash": 6, "pdq": 31}  # Hamming radius per algorithm: measured in docs/matching.md
 REFWATCH_PDQ_MIN_QUALITY = 50  # PDQ hashes below this quality are not matched, as PDQ recommends
 REFWATCH_PDQ_DIHEDRAL = False  # also match the 7 rotations/flips of each image's PDQ (about +6 ms an image)

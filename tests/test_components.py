@@ -105,3 +105,24 @@ def test_summary_is_built_from_stats() -> None:
     assert summary["matches"] == {"known": {"md5": 1}}
     assert summary["refs_per_second"] == 2.0
     assert summary["started_at"] == "2026-01-01T00:00:00Z"
+
+
+def test_match_pipeline_reuses_the_lists_the_runner_checked(tmp_path) -> None:
+    """A list is loaded once per crawl: ``check_inputs`` keeps what it loaded, the pipeline matches with it
+    (the same objects: Scrapy's deep copy of the settings does not copy them)."""
+    from crawler.pipelines.matching import MatchPipeline
+    from crawler.runner import check_inputs, project_settings
+
+    snapshot = tmp_path / "s.csv"
+    snapshot.write_text("url\nhttp://127.0.0.1:9/a.jpg\n", encoding="utf-8")
+    known = tmp_path / "known.csv"
+    known.write_text(f"algorithm,hash\nmd5,{'0' * 32}\n", encoding="utf-8")
+    settings = project_settings({"REFWATCH_SNAPSHOTS": [str(snapshot)], "REFWATCH_HASHLISTS": [f"known={known}"]})
+    check_inputs(settings)
+    loaded = settings.get("REFWATCH_LOADED_HASHLISTS")
+    assert [hl.name for hl in loaded] == ["known"]
+    wanted = ("REFWATCH_HASHLISTS", "REFWATCH_LOADED_HASHLISTS", "REFWATCH_RADII", "REFWATCH_PDQ_MIN_QUALITY")
+    crawler = get_crawler(settings_dict={name: settings[name] for name in wanted})
+    assert crawler.settings.get("REFWATCH_LOADED_HASHLISTS") is loaded
+    pipeline = MatchPipeline.from_crawler(crawler)
+    assert pipeline.matcher._indexes["md5"][0][0] is loaded[0]

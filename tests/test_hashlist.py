@@ -17,13 +17,12 @@ from crawler.hashlist import (
     HashEntry,
     HashList,
     HashListError,
-    cache_path,
-    compile_hashlist,
     load_hashlist,
     load_hashlists,
     normalize_hash,
     parse_hashlist_spec,
 )
+from crawler.hashlist_compiled import compile_hashlist, compiled_path
 
 RNG = random.Random(20240611)
 
@@ -424,7 +423,7 @@ def test_compile_and_load_from_cache(tmp_path: Path, caplog: pytest.LogCaptureFi
     path = write(tmp_path, "big.csv", _list_text(200))
     parsed = load_hashlist(path, name="n")
     compiled, target = compile_hashlist(path)
-    assert target == cache_path(path) == tmp_path / "big.csv.rwidx"
+    assert target == compiled_path(path) == tmp_path / "big.csv.rwidx"
     assert compiled.from_cache is False and not parsed.from_cache
     with caplog.at_level(logging.DEBUG):
         cached = load_hashlist(path, name="n")
@@ -484,4 +483,61 @@ def test_compile_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "e.csv", "algorithm,hash\nphash,zz\n")
     with pytest.raises(HashListError, match=r"e\.csv:2: "):
         compile_hashlist(path)
-    assert not cache_path(path).exists()
+    assert not compiled_path(path).exists()
+
+
+def test_compiled_list_brings_its_indexes_memory_mapped(tmp_path: Path) -> None:
+    """The compiled file holds the built indexes: loading maps them, the Matcher builds nothing, and no second
+    copy of the hashes exists (no packed array beside the index)."""
+    from crawler.matching import Matcher
+
+    path = write(tmp_path, "m.csv", _list_text(300))
+    parsed = load_hashlist(path)
+    compile_hashlist(path, radii={"pdq": 20})
+    cached = load_hashlist(path)
+    for algorithm in cached.algorithms:
+        column = cached._columns[algorithm]
+        assert column.hashes is None and column.index is not None
+        assert isinstance(column.index._codes.base, np.memmap)
+        assert not column.index._codes.flags.writeable
+    assert cached._columns["pdq"].index.radius_max == 20
+    assert cached._columns["md5"].index.radius_max == 0
+    indexes_before = {a: cached._columns[a].index for a in cached.algorithms}
+    queries = {"pdq": parsed.entries[7].hash, "md5": parsed.entries[300].hash, "sha1": parsed.entries[303].hash}
+    from_cache = Matcher([cached]).match(queries)
+    assert {a: cached._columns[a].index for a in cached.algorithms} == indexes_before  # reused, not rebuilt
+    assert from_cache == Matcher([parsed]).match(queries)
+    assert [(m.algorithm, m.entry_id, m.distance) for m in from_cache] == [("md5", "m:302", 0), ("pdq", "E7", 0),
+                                                                           ("sha1", "S", 0)]
+    assert {m.matched_hash for m in from_cache} == set(queries.values())
+
+
+def test_building_the_index_drops_the_parsed_hashes(tmp_path: Path) -> None:
+    """A parsed list holds its hashes once: as a packed array until the index is built, then in the index."""
+    path = write(tmp_path, "p.csv", _list_text(50))
+    hl = load_hashlist(path)
+    packed = hl.packed("pdq").copy()
+    column = hl._columns["pdq"]
+    assert column.hashes is not None and column.index is None
+    index = hl.index("pdq", 31)
+    assert column.hashes is None and column.index is index
+    assert np.array_equal(hl.packed("pdq"), packed)  # still readable in entry order, from the index
+    assert hl.entries[3].hash == hl.hash_hex("pdq", 3)
+    assert hl.nbytes() >= index.nbytes
+
+
+def test_hma_data_files(tmp_path: Path) -> None:
+    """Hasher-Matcher-Actioner 1.x ``<group>.hash_pdq.te``: headerless hash,indicator_id,descriptor_id,time,tags."""
+    a, b = rand_hex("pdq"), rand_hex("pdq")
+    path = write(tmp_path, "303636684709969.hash_pdq.te",
+                 f"{a},4208891,6548923,2020-07-31T18:47:45+0000,media_type_photo\n"
+                 f"{b},4208892,6548924,2020-07-31T18:47:46+0000,\n")
+    hl = load_hashlist(path)
+    assert hl.source_format == "hma"
+    assert hl.entries == (HashEntry("pdq", a, "4208891", "media_type_photo"), HashEntry("pdq", b, "4208892", None))
+    md5 = write(tmp_path, "g.hash_video_md5.te", f"{rand_hex('md5')},77,1,2020-01-01,\n")
+    assert load_hashlist(md5).count_by_algorithm() == {"md5": 1}
+    bad = write(tmp_path, "g.hash_pdq.te", f"{a},1,2,t,\nnothex,2,3,t,\n")
+    with pytest.raises(HashListError, match=r"g\.hash_pdq\.te:2: value of 6 characters \(not all hex\)"):
+        load_hashlist(bad)
+    assert load_hashlist(bad, skip_bad_lines=True).bad_lines == 1

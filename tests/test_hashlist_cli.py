@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from crawler.cli import main
-from crawler.hashlist import HEX_DIGITS, cache_path
+from crawler.hashlist import HEX_DIGITS
+from crawler.hashlist_compiled import compiled_path
 
 RNG = random.Random(20240612)
 
@@ -158,7 +159,7 @@ def test_match_needs_exactly_one_query_source(lists: dict, capsys: pytest.Captur
 def test_compile_then_stats_reads_the_cache(lists: dict, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "compile", str(lists["known"]), "--skip-bad-lines")
     assert code == 0, err
-    assert cache_path(lists["known"]).is_file()
+    assert compiled_path(lists["known"]).is_file()
     assert "5 entries" not in out and "4 entries" in out and "1 bad lines skipped" in out
     code, out, _ = run(capsys, "stats", str(lists["known"]), "--skip-bad-lines", "--json")
     assert json.loads(out)["from_cache"] is True

@@ -37,8 +37,9 @@ class MatchPipeline:
             raise NotConfigured  # no hash lists: nothing to match
         from crawler.matching import Matcher  # numba-backed: loaded only when there is something to match
 
-        lists = load_hashlists(specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"),
-                               skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
+        lists = settings.get("REFWATCH_LOADED_HASHLISTS") or load_hashlists(  # loaded by runner.check_inputs
+            specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"),
+            skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         radii = settings.getdict("REFWATCH_RADII")
         matcher = Matcher(lists, radii={k: int(v) for k, v in radii.items()},
                           pdq_min_quality=settings.getint("REFWATCH_PDQ_MIN_QUALITY"))
