@@ -149,7 +149,9 @@ def compiled_list(n: int, args: argparse.Namespace) -> None:
             compile_s = time.perf_counter() - started
             probe = f"""
 import resource, time, numpy as np
-def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+def rss():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return np.array([int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")])
 from crawler.hashlist import load_hashlist
 from crawler.matching import Matcher
 import crawler.hamming_kernels
@@ -157,14 +159,16 @@ before = rss(); t0 = time.perf_counter()
 hl = load_hashlist({str(path)!r}, algorithm={algorithm!r}); t1 = time.perf_counter()
 m = Matcher([hl]); t2 = time.perf_counter()
 m.match({{{algorithm!r}: {"0" * (16 * words)!r}}}); t3 = time.perf_counter()
-print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}} {{t3 - t2:.4f}} {{rss() - before:.1f}} {{hl.from_cache}}")
+anon, mapped = rss() - before
+print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}} {{t3 - t2:.4f}} {{anon:.1f}} {{mapped:.1f}} {{hl.from_cache}}")
 """
             out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[1]).stdout.split()
             size = (Path(tmp) / f"{algorithm}.txt.rwidx").stat().st_size / 2**20
             print(f"compiled {algorithm} list of {n:,}: compile {compile_s:.1f} s, file {size:.0f} MiB "
                   f"({size * 2**20 / (n * 8 * words):.2f}x raw); load {out[0]} s, Matcher {out[1]} s, "
-                  f"first match {out[2]} s, RSS +{out[3]} MiB (memory-mapped pages touched), from file: {out[4]}")
+                  f"first match {out[2]} s; process memory +{out[3]} MiB private, +{out[4]} MiB of the mapped file "
+                  f"(shared page cache); from the compiled file: {out[5]}")
 
 
 def planted_queries(rng: np.random.Generator, codes: np.ndarray, count: int, radius: int) -> np.ndarray:
