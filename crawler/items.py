@@ -45,10 +45,12 @@ class OutcomeItem:
     error: str | None = None
     matched: bool = False
     match_count: int = 0
-    drift: str = "unknown"
+    drift: str | None = None  # filled in for the whole run when it ends (crawler/finalize.py)
     recorded_md5: str | None = None
     recorded_sha256: str | None = None
     recorded_phash: str | None = None
+    recorded_matched: bool = False  # the snapshot's recorded hashes matched a hash list
+    carried_from: str | None = None  # a re-check run's row copied from this earlier run, not fetched again
 
     def hashes(self) -> dict[str, str | None]:
         """Observed hashes by algorithm name, as the matcher takes them."""

@@ -166,6 +166,30 @@ def _first_time(status: int) -> object:
     return handler
 
 
+def _epoch(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
+    """What this URL serves in the web's current epoch (``SampleWeb.epoch``), from ``?plan=a,b,c``: step ``e``
+    of the plan in epoch ``e`` (the last step afterwards). Steps: ``img`` (the seed's image), ``near`` (the
+    same image recompressed), ``other`` (another image), ``404``, ``removed`` (a redirect to the shared
+    ``/removed.png`` placeholder picture). For longitudinal tests: the same snapshot, a changing web."""
+    plan = q.get("plan", "img").split(",")
+    step = plan[min(h.server.epoch, len(plan) - 1)]  # type: ignore[attr-defined]
+    seed = int(m["seed"])
+    if step == "img":
+        h._image(seed, "jpg", {})
+    elif step == "near":
+        h._send(200, h.server.near_copy(seed), "image/jpeg")  # type: ignore[attr-defined]
+    elif step == "other":
+        h._image(seed + 100_000, "jpg", {})
+    elif step == "removed":
+        h._send(302, b"", "text/plain", {"Location": "/removed.png"})
+    else:
+        h._send(404, b"gone\n", "text/plain")
+
+
+def _removed(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
+    h._image(999_999, "png", {"size": "64x64"})
+
+
 def _robots(h: _Handler, m: re.Match[str], q: dict[str, str]) -> None:
     h._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
 
@@ -187,6 +211,8 @@ _ROUTES = [
     (re.compile(r"/flaky/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(503)),
     (re.compile(r"/ratelimit/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _first_time(429)),
     (re.compile(r"/robots\.txt"), _robots),
+    (re.compile(r"/epoch/(?P<key>\w+)/(?P<seed>\d+)\.jpg"), _epoch),
+    (re.compile(r"/removed\.png"), _removed),
     (re.compile(r"/private/(?P<seed>\d+)\.(?P<ext>jpg|png)"), _img),
 ]
 
@@ -201,6 +227,7 @@ class _Server(ThreadingHTTPServer):
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._images: dict[tuple[int, str, tuple[int, int]], bytes] = {}
+        self.epoch = 0
 
     def first_time(self, key: str) -> bool:
         with self._lock:
@@ -208,6 +235,16 @@ class _Server(ThreadingHTTPServer):
                 return False
             self._seen.add(key)
             return True
+
+    def near_copy(self, seed: int) -> bytes:
+        """The seed's image recompressed (JPEG q50): other bytes, the same picture to a perceptual hash."""
+        key = (seed, "near", (0, 0))
+        body = self._images.get(key)
+        if body is None:
+            body = synthetic.encode(synthetic.synthetic_image(seed).convert("RGB"), "JPEG", quality=50)
+            with self._lock:
+                self._images[key] = body
+        return body
 
     def image(self, seed: int, fmt: str, size: tuple[int, int]) -> bytes:
         """Synthetic image bytes, memoised: the same URL always serves the same bytes."""
@@ -239,6 +276,15 @@ class SampleWeb:
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    @property
+    def epoch(self) -> int:
+        """Which step of their ``?plan=`` the ``/epoch/`` URLs serve (0 first): set it between two crawls."""
+        return self._server.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._server.epoch = value
 
     def image_bytes(self, seed: int, fmt: str = "JPEG", size: tuple[int, int] = (256, 256)) -> bytes:
         """The exact bytes the server sends for an image path (tests search for them)."""

@@ -22,7 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scrapy.crawler import Crawler
 
+from crawler.domains import url_domain
+from crawler.finalize import finalize_run
+from crawler.history import Manifest, series_runs
 from crawler.items import OutcomeItem
+from crawler.run import finish_manifest, placeholder_rules, start_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +57,13 @@ OUTCOME_SCHEMA = pa.schema(
         ("matched", pa.bool_()),
         ("match_count", pa.int32()),
         ("drift", pa.string()),
+        ("placeholder_reason", pa.string()),
         ("recorded_md5", pa.string()),
         ("recorded_sha256", pa.string()),
         ("recorded_phash", pa.string()),
+        ("recorded_matched", pa.bool_()),
+        ("domain", pa.string()),
+        ("carried_from", pa.string()),
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
         ("elapsed_ms", pa.float32()),
         ("hash_ms", pa.float32()),
@@ -64,7 +72,9 @@ OUTCOME_SCHEMA = pa.schema(
 )
 
 
-_COLUMNS = tuple(OUTCOME_SCHEMA.names)
+#: Columns the writer derives, and those only the end-of-run pass fills in.
+_DERIVED = frozenset({"domain", "placeholder_reason"})
+_COLUMNS = tuple(name for name in OUTCOME_SCHEMA.names if name not in _DERIVED)
 
 
 def write_part(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -86,6 +96,7 @@ class OutcomeWriterPipeline:
         self._dir: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refwatch-outcomes")
         self._pending: list[Future[None]] = []
+        self._manifest: Manifest | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> OutcomeWriterPipeline:
@@ -97,6 +108,7 @@ class OutcomeWriterPipeline:
 
     def open_spider(self) -> None:
         run = self.crawler.spider.run  # type: ignore[union-attr]
+        self._manifest = start_manifest(run, self.crawler.settings)
         self._dir = run.outcomes_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         stale = sorted(self._dir.glob("part-*.parquet")) + sorted(self._dir.glob(".part-*.tmp"))
@@ -113,6 +125,7 @@ class OutcomeWriterPipeline:
             stats.inc_value("refwatch/response_bytes", item.bytes)
         row = {name: getattr(item, name) for name in _COLUMNS}
         row["outcome"] = str(item.outcome)
+        row["domain"] = url_domain(item.url)
         self._rows.append(row)
         if len(self._rows) >= self.batch_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush()
@@ -123,6 +136,24 @@ class OutcomeWriterPipeline:
         self._executor.shutdown(wait=True)
         for future in self._pending:
             future.result()  # surface a failed write instead of losing it silently
+        self._finish()
+
+    def _finish(self) -> None:
+        """The end-of-run pass (placeholders, drift), its counts into the stats, the manifest finished."""
+        run = self.crawler.spider.run  # type: ignore[union-attr]
+        settings = self.crawler.settings
+        stats = self.crawler.stats
+        assert stats is not None and self._manifest is not None
+        earlier = series_runs(run.out_dir, self._manifest.series, before=run.run_id)
+        result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
+                              placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8))
+        for reason, count in result.placeholders.items():
+            stats.inc_value("refwatch/outcome/ok", -count)
+            stats.inc_value("refwatch/outcome/placeholder", count)
+            stats.inc_value(f"refwatch/placeholders/{reason}", count)
+        for word, count in result.drift.items():
+            stats.set_value(f"refwatch/drift/{word}", count)
+        finish_manifest(run, self._manifest)
 
     def _flush(self) -> None:
         self._last_flush = time.monotonic()

@@ -1,0 +1,173 @@
+"""Attrition, crawl side: run manifests and series, drift, placeholders, registrable domains; and three real
+crawls of one snapshot against a sample web that changes between them (epochs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from crawler import drift
+from crawler.domains import registrable_domain, url_domain
+from crawler.history import Manifest, SnapshotFile, describe_snapshots, read_manifest, series_id, series_runs, write_manifest
+from crawler.placeholders import KnownPlaceholders, PlaceholderListError, PlaceholderRules, detect, read_known
+from crawler.sampleweb import SampleWeb
+from tests.helpers import run_refwatch
+from tests.test_crawl_e2e import read_rows, write_snapshot
+
+
+# --- drift -----------------------------------------------------------------------------------------------
+def test_drift_words() -> None:
+    alive = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1], bool)
+    md5 = pa.array(["a", "b", "c", "d", "e", None, None, "f", "g"])
+    phash = pa.array(["0" * 16, "00000000000000ff", "f" * 16, None, "0" * 15 + "1", None, None, "0" * 16, "0" * 16])
+    base_md5 = pa.array(["A", "x", "x", "x", None, None, "q", None, "h"])
+    base_phash = pa.array([None, "0" * 16, "0" * 16, "0" * 16, None, None, None, None, "00000000000001ff"])
+    seen = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0], bool)
+    words = drift.classify(alive, md5, phash, base_md5, base_phash, seen, radius=8).to_pylist()
+    assert words == [
+        "same",  # md5 equal, case aside
+        "near",  # 8 bits apart: at the radius
+        "changed",  # 64 bits apart
+        "unknown",  # md5 differs, no pHash now: cannot tell a re-encode from another image
+        "new",  # no baseline, but seen before
+        "unknown",  # no baseline, never seen (first run)
+        None,  # not alive
+        "unknown",
+        "changed",  # 9 bits apart: past the radius
+    ]
+
+
+# --- placeholders --------------------------------------------------------------------------------------------
+def _rows(**columns: list) -> pa.Table:
+    n = len(columns["url"])
+    defaults = {"domain": [url_domain(u) for u in columns["url"]], "outcome": ["ok"] * n, "md5": [None] * n,
+                "phash": [None] * n, "final_url": columns["url"], "matched": [False] * n}
+    return pa.table({**defaults, **columns})
+
+
+def test_placeholders_by_shared_content_redirect_target_and_known_list() -> None:
+    urls = [f"http://img{i}.host.example/{i}.jpg" for i in range(4)] + [
+        "http://x.org/a.jpg", "http://x.org/b.jpg", "http://x.org/c.jpg",  # redirected to one picture
+        "http://y.org/1.jpg", "http://y.org/2.jpg", "http://y.org/3.jpg",  # one content, one matched
+        "http://i.imgur.com/gone.jpg",  # the known Imgur placeholder
+        "http://z.org/1.jpg", "http://w.org/1.jpg", "http://v.org/1.jpg",  # same content, different domains
+    ]
+    md5 = ["p"] * 4 + ["1", "2", "3", "y", "y", "y", "9", "z", "z", "z"]
+    final = urls[:4] + ["http://x.org/removed.png"] * 3 + urls[7:10] + ["https://i.imgur.com/removed.png"] + urls[11:]
+    matched = [False] * 9 + [True] + [False] * 4
+    rules = PlaceholderRules(known=read_known(), min_urls=3, min_redirects=3)
+    mask, reasons = detect(_rows(url=urls, md5=md5, final_url=final, matched=matched), rules)
+    assert reasons.to_pylist() == ["same_content"] * 4 + ["same_redirect_target"] * 3 + [None] * 3 + [
+        "known_url"] + [None] * 3
+    assert mask.tolist() == [r is not None for r in reasons.to_pylist()]
+
+
+def test_placeholders_leave_dead_and_matched_rows_alone() -> None:
+    urls = [f"http://a.example/{i}.jpg" for i in range(5)]
+    rows = _rows(url=urls, md5=["same"] * 5, outcome=["ok", "ok", "not_found", "ok", "ok"],
+                 matched=[False, False, False, True, True])
+    mask, _ = detect(rows, PlaceholderRules(min_urls=2, min_redirects=2))
+    assert mask.tolist() == [True, True, False, False, False]
+    mask, _ = detect(rows, PlaceholderRules(min_urls=3, min_redirects=3))
+    assert not mask.any()  # only two eligible rows share the content
+
+
+def test_known_placeholder_list_format(tmp_path: Path) -> None:
+    good = tmp_path / "mine.csv"
+    good.write_text("# mine\nmd5," + "A" * 32 + ",note\nfinal_url,https://cdn.example/gone.gif\n"
+                    "domain_path,example.net /missing.jpg\nphash," + "0" * 16 + "\n", encoding="utf-8")
+    known = read_known(good)
+    assert known == KnownPlaceholders(frozenset({"https://cdn.example/gone.gif"}),
+                                      frozenset({("example.net", "/missing.jpg")}), frozenset({"a" * 32}),
+                                      frozenset({"0" * 16}))
+    assert ("imgur.com", "/removed.png") in read_known().domain_paths
+    bad = tmp_path / "bad.csv"
+    bad.write_text("md5,abc\n", encoding="utf-8")
+    with pytest.raises(PlaceholderListError, match=r"bad\.csv:1: not a 32-hex-digit md5"):
+        read_known(bad)
+    bad.write_text("\n\ncolour,red\n", encoding="utf-8")
+    with pytest.raises(PlaceholderListError, match=r"bad\.csv:3: expected KIND,VALUE"):
+        read_known(bad)
+
+
+# --- domains and series ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("host", "domain"), [
+    ("i.imgur.com", "imgur.com"), ("FARM1.staticflickr.com.", "staticflickr.com"), ("x.bar.co.uk", "bar.co.uk"),
+    ("a.b.github.io", "b.github.io"), ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost"), ("", None),
+])
+def test_registrable_domain(host: str, domain: str | None) -> None:
+    assert registrable_domain(host) == domain
+
+
+def test_series_is_the_snapshot_content_not_its_name(tmp_path: Path) -> None:
+    a = tmp_path / "a.csv"
+    a.write_text("url\nhttp://x/1.jpg\n", encoding="utf-8")
+    b = tmp_path / "copy-elsewhere.csv"
+    shutil.copy(a, b)
+    assert series_id(describe_snapshots([a])) == series_id(describe_snapshots([b]))
+    b.write_text("url\nhttp://x/2.jpg\n", encoding="utf-8")
+    assert series_id(describe_snapshots([a])) != series_id(describe_snapshots([b]))
+
+    out = tmp_path / "out"
+    for run_id, started, status in [("r2", "2026-01-02T00:00:00Z", "finished"), ("r1", "2026-01-01T00:00:00Z",
+                                    "finished"), ("r3", "2026-01-03T00:00:00Z", "running")]:
+        write_manifest(out / "runs" / run_id, Manifest(run_id, "s1", [SnapshotFile("a", 1, "x")], started,
+                                                       status=status))
+    write_manifest(out / "runs" / "other", Manifest("other", "s2", [], "2026-01-01T00:00:00Z", status="finished"))
+    assert [m.run_id for m in series_runs(out, "s1")] == ["r1", "r2"]
+    assert [m.run_id for m in series_runs(out, "s1", finished_only=False)] == ["r1", "r2", "r3"]
+    assert [m.run_id for m in series_runs(out, "s1", before="r2")] == ["r1"]
+    assert read_manifest(out / "runs" / "r3").status == "running"
+
+
+# --- three crawls of one snapshot, the web changing between them ---------------------------------------------
+PLANS = {
+    "same": "img,img,img",
+    "near": "img,near,near",
+    "changed": "img,other,other",
+    "late": "404,img,img",
+    "comeback": "img,404,img",
+}
+
+
+def test_drift_and_placeholders_over_three_runs(web: SampleWeb, tmp_path: Path) -> None:
+    refs = [(name, web.url(f"/epoch/{name}/{seed}.jpg?plan={plan}")) for seed, (name, plan) in
+            enumerate(PLANS.items(), 1)]
+    refs += [(f"removed{i}", web.url(f"/epoch/removed{i}/{50 + i}.jpg?plan=img,removed,removed")) for i in range(3)]
+    snapshot = write_snapshot(tmp_path / "s.csv", refs)
+    out = tmp_path / "out"
+    runs = {}
+    for epoch in range(3):
+        web.epoch = epoch
+        done = run_refwatch("crawl", str(snapshot), "--out", str(out), "--run-id", f"run{epoch}", "--json",
+                            "--no-progress", "--allow-private-networks", "--timeout", "5",
+                            "-s", "REFWATCH_PLACEHOLDER_MIN_REDIRECTS=3")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[epoch] = {row["ref_id"]: row for row in read_rows(out / "runs" / f"run{epoch}")}
+        manifest = json.loads((out / "runs" / f"run{epoch}" / "manifest.json").read_text())
+        assert manifest["status"] == "finished" and manifest["finished_at"] >= manifest["started_at"]
+        summary = json.loads(done.stdout)
+        assert summary["outcomes"]["placeholder"] == (3 if epoch else 0)
+    web.epoch = 0
+    series = {json.loads((out / "runs" / f"run{e}" / "manifest.json").read_text())["series"] for e in range(3)}
+    assert len(series) == 1
+
+    def words(epoch: int) -> dict[str, str | None]:
+        return {ref: row["drift"] for ref, row in runs[epoch].items()}
+
+    assert words(0) == {**dict.fromkeys(PLANS, "unknown"), "late": None,
+                        **dict.fromkeys(("removed0", "removed1", "removed2"), "unknown")}
+    assert words(1) == {"same": "same", "near": "near", "changed": "changed", "late": "new", "comeback": None,
+                        **dict.fromkeys(("removed0", "removed1", "removed2"), None)}
+    assert words(2)["comeback"] == "same"  # against run0, the last run in which it was alive
+    assert words(2)["changed"] == "same"  # against run1's other image
+    for i in range(3):
+        row = runs[1][f"removed{i}"]
+        assert (row["outcome"], row["placeholder_reason"]) == ("placeholder", "same_redirect_target")
+        assert row["final_url"].endswith("/removed.png")
+    assert {row["domain"] for row in runs[0].values()} == {"127.0.0.1"}
