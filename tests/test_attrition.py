@@ -138,21 +138,21 @@ PLANS = {
 def test_drift_and_placeholders_over_three_runs(web: SampleWeb, tmp_path: Path) -> None:
     refs = [(name, web.url(f"/epoch/{name}/{seed}.jpg?plan={plan}")) for seed, (name, plan) in
             enumerate(PLANS.items(), 1)]
-    refs += [(f"removed{i}", web.url(f"/epoch/removed{i}/{50 + i}.jpg?plan=img,removed,removed")) for i in range(3)]
+    removed = [f"removed{i}" for i in range(20)]  # REFWATCH_PLACEHOLDER_MIN_REDIRECTS: 20 by default
+    refs += [(name, web.url(f"/epoch/{name}/{50 + i}.jpg?plan=img,removed,removed")) for i, name in enumerate(removed)]
     snapshot = write_snapshot(tmp_path / "s.csv", refs)
     out = tmp_path / "out"
     runs = {}
     for epoch in range(3):
         web.epoch = epoch
         done = run_refwatch("crawl", str(snapshot), "--out", str(out), "--run-id", f"run{epoch}", "--json",
-                            "--no-progress", "--allow-private-networks", "--timeout", "5",
-                            "-s", "REFWATCH_PLACEHOLDER_MIN_REDIRECTS=3")
+                            "--no-progress", "--allow-private-networks", "--timeout", "5")
         assert done.returncode == 0, done.stderr[-3000:]
         runs[epoch] = {row["ref_id"]: row for row in read_rows(out / "runs" / f"run{epoch}")}
         manifest = json.loads((out / "runs" / f"run{epoch}" / "manifest.json").read_text())
         assert manifest["status"] == "finished" and manifest["finished_at"] >= manifest["started_at"]
         summary = json.loads(done.stdout)
-        assert summary["outcomes"]["placeholder"] == (3 if epoch else 0)
+        assert summary["outcomes"]["placeholder"] == (20 if epoch else 0)
     web.epoch = 0
     series = {json.loads((out / "runs" / f"run{e}" / "manifest.json").read_text())["series"] for e in range(3)}
     assert len(series) == 1
@@ -161,13 +161,13 @@ def test_drift_and_placeholders_over_three_runs(web: SampleWeb, tmp_path: Path) 
         return {ref: row["drift"] for ref, row in runs[epoch].items()}
 
     assert words(0) == {**dict.fromkeys(PLANS, "unknown"), "late": None,
-                        **dict.fromkeys(("removed0", "removed1", "removed2"), "unknown")}
+                        **dict.fromkeys(removed, "unknown")}
     assert words(1) == {"same": "same", "near": "near", "changed": "changed", "late": "new", "comeback": None,
-                        **dict.fromkeys(("removed0", "removed1", "removed2"), None)}
+                        **dict.fromkeys(removed, None)}
     assert words(2)["comeback"] == "same"  # against run0, the last run in which it was alive
     assert words(2)["changed"] == "same"  # against run1's other image
-    for i in range(3):
-        row = runs[1][f"removed{i}"]
+    for name in removed:
+        row = runs[1][name]
         assert (row["outcome"], row["placeholder_reason"]) == ("placeholder", "same_redirect_target")
         assert row["final_url"].endswith("/removed.png")
     assert {row["domain"] for row in runs[0].values()} == {"127.0.0.1"}
