@@ -114,10 +114,10 @@ def detect(rows: pa.Table, rules: PlaceholderRules) -> tuple[np.ndarray, pa.Arra
         mark(_bool(pc.is_in(pc.utf8_lower(rows["md5"]), pa.array(sorted(known.md5s)))), "known_hash")
     if known.phashes:
         mark(_bool(pc.is_in(pc.utf8_lower(rows["phash"]), pa.array(sorted(known.phashes)))), "known_hash")
-    for column in ("md5", "phash"):
-        mark(_shared(rows, eligible, column, rules.min_urls), "same_content")
     redirected = eligible & _bool(pc.not_equal(final_url, rows["url"]))
     mark(_shared(rows, redirected, "final_url", rules.min_redirects), "same_redirect_target")
+    for column in ("md5", "phash"):
+        mark(_shared(rows, eligible, column, rules.min_urls), "same_content")
     return np.asarray(reasons != None), pa.array(reasons, type=pa.string())  # noqa: E711
 
 
