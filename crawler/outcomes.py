@@ -39,6 +39,22 @@ class Outcome(StrEnum):
         return self is Outcome.OK
 
 
+#: The host says the image is not there (any more): not worth asking again soon.
+DEAD: frozenset[Outcome] = frozenset({
+    Outcome.NOT_FOUND, Outcome.GONE, Outcome.FORBIDDEN, Outcome.HTTP_ERROR, Outcome.NOT_IMAGE,
+    Outcome.DECODE_ERROR, Outcome.DNS_ERROR, Outcome.INVALID_URL,
+})
+#: Every outcome that audited no image: the dead ones and those that may work next time (timeouts,
+#: connection and TLS failures, 5xx, too large, refused by policy). Placeholders are not in it.
+FAILED: frozenset[Outcome] = frozenset(o for o in Outcome if o not in (Outcome.OK, Outcome.PLACEHOLDER))
+#: Names for ``--recheck ... --only`` and ``export-clean --drop``.
+OUTCOME_GROUPS: dict[str, frozenset[Outcome]] = {
+    "dead": DEAD,
+    "failed": FAILED,
+    "placeholder": frozenset({Outcome.PLACEHOLDER}),
+}
+
+
 def outcome_for_status(status: int) -> Outcome | None:
     """Outcome decided by the final HTTP status alone; ``None`` for 2xx, where the body decides."""
     if 200 <= status < 300:

@@ -64,8 +64,42 @@ def check_inputs(settings: Settings) -> None:
         raise InputError(str(exc)) from exc
 
 
+def prepare_recheck(settings: Settings) -> None:
+    """Check a ``--recheck RUN``: the run exists and finished, its groups are known, and the snapshot is its
+    snapshot (by checksum); with no snapshot given, replay the run's own snapshot files."""
+    from pathlib import Path
+
+    from crawler.history import describe_snapshots, read_manifest, series_id
+    from crawler.recheck import RecheckError, outcome_words
+
+    recheck = settings.get("REFWATCH_RECHECK_RUN")
+    run_dir = Path(settings.get("REFWATCH_OUT")) / "runs" / recheck
+    try:
+        outcome_words(settings.getlist("REFWATCH_RECHECK_ONLY") or ["failed"])
+        manifest = read_manifest(run_dir)
+    except (RecheckError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+    if manifest is None or manifest.status != "finished":
+        raise InputError(f"{run_dir}: no finished run {recheck!r} to re-check in this output folder")
+    if settings.get("REFWATCH_RUN_ID") == recheck:
+        raise InputError("a re-check is a new run: give it another --run-id than the run it re-checks")
+    snapshots = settings.getlist("REFWATCH_SNAPSHOTS")
+    if not snapshots:
+        settings.set("REFWATCH_SNAPSHOTS", [s.path for s in manifest.snapshots], priority="cmdline")
+    else:
+        try:
+            given = series_id(describe_snapshots(snapshots))
+        except OSError as exc:
+            raise InputError(f"{exc.filename}: {exc.strerror}") from exc
+        if given != manifest.series:
+            raise InputError(f"the snapshot given is not the one run {recheck} replayed (checksums differ)")
+    settings.set("REFWATCH_RECHECK_ONLY", settings.getlist("REFWATCH_RECHECK_ONLY") or ["failed"], priority="cmdline")
+
+
 def run_crawl(settings: Settings) -> CrawlResult:
     """Replay the snapshots named in ``settings``; blocks until the crawl ends (one per process)."""
+    if settings.get("REFWATCH_RECHECK_RUN"):
+        prepare_recheck(settings)
     if not settings.getlist("REFWATCH_SNAPSHOTS"):
         raise InputError("no snapshot given")
     check_inputs(settings)

@@ -22,6 +22,7 @@ from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome, outcome_for_body, outcome_for_exception, outcome_for_status
 from crawler.readers import iter_references, open_snapshot
 from crawler.references import REFERENCE_META, Reference
+from crawler.recheck import recheck_selection
 from crawler.run import RunContext, run_context
 from crawler.urls import invalid_url_reason
 from middlewares.hashing import BODY_SIZE_META, DIGEST_META, DIHEDRAL_META
@@ -39,6 +40,7 @@ class ReplaySpider(scrapy.Spider):
         self.snapshots: list[str] = []
         self.total: int | None = None
         self.run: RunContext
+        self.only_refs: frozenset[str] | None = None  # a re-check replays just these references
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> ReplaySpider:
@@ -59,12 +61,20 @@ class ReplaySpider(scrapy.Spider):
             spider._run_id_arg or settings.get("REFWATCH_RUN_ID"),
             settings.get("REFWATCH_QUEUE"),
         )
+        recheck = settings.get("REFWATCH_RECHECK_RUN")
+        if recheck:
+            spider.only_refs = recheck_selection(spider.run.out_dir / "runs" / recheck,
+                                                 settings.getlist("REFWATCH_RECHECK_ONLY"))
+            spider.total = len(spider.only_refs)
         return spider
 
     async def start(self) -> AsyncIterator[Any]:
         stats = self.crawler.stats
         assert stats is not None
+        only = self.only_refs
         for ref in iter_references(self.snapshots, on_bad_record=self._bad_record):
+            if only is not None and ref.ref_id not in only:
+                continue  # a re-check: the earlier run's row is carried over when the run ends
             stats.inc_value("refwatch/refs_read")
             reason = invalid_url_reason(ref.url)
             if reason is None:

@@ -26,6 +26,7 @@ from crawler.domains import url_domain
 from crawler.finalize import finalize_run
 from crawler.history import Manifest, series_runs
 from crawler.items import OutcomeItem
+from crawler.recheck import carry_over
 from crawler.run import finish_manifest, placeholder_rules, start_manifest
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,9 @@ class OutcomeWriterPipeline:
             stats.inc_value(f"refwatch/placeholders/{reason}", count)
         for word, count in result.drift.items():
             stats.set_value(f"refwatch/drift/{word}", count)
+        recheck = settings.get("REFWATCH_RECHECK_RUN")
+        if recheck:  # the rows this partial run did not fetch, copied from the run it re-checks
+            stats.set_value("refwatch/carried_rows", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
         finish_manifest(run, self._manifest)
 
     def _flush(self) -> None:
