@@ -51,16 +51,52 @@ def build_parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="read the match-event queue")
     queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="QUEUE_COMMAND")
     drain = queue_commands.add_parser("drain", help="print each pending event and acknowledge it")
-    drain.add_argument("--queue", default=None, help=f"queue URL (default file://{DEFAULT_OUT}/queue)")
-    drain.add_argument("--json", action="store_true", help="one JSON object a line")
-    drain.add_argument("--max", type=int, default=None, help="stop after N events")
-    stats = queue_commands.add_parser("stats", help="count pending, acknowledged and malformed events")
-    stats.add_argument("--queue", default=None)
+    _add_queue_options(drain)
+    drain.add_argument("--max", type=_positive(int), default=None,
+                       help="stop once N events are handled (batches are never split: up to one batch more)")
+    drain.add_argument("--lease", type=_positive(float), default=None, metavar="SECONDS",
+                       help="how long a received batch is ours before it is delivered again (default 300)")
+    stats = queue_commands.add_parser("stats", help="count pending, in-flight, acknowledged and malformed events")
+    _add_queue_options(stats)
 
     add_hashlist_commands(commands)
     demo = commands.add_parser("demo", help="a self-contained demo on a sample web on loopback")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
+
+
+def _add_s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                   help="S3-compatible endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--sse", choices=["AES256", "aws:kms"], default=None, help="server-side encryption of S3 writes")
+    p.add_argument("--sse-kms-key-id", default=None, metavar="KEY", help="KMS key for --sse aws:kms")
+
+
+def _add_queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", default=None,
+                   help=f"queue URL: file://DIR or s3://BUCKET/PREFIX (default file://{DEFAULT_OUT}/queue)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    _add_s3_options(p)
+
+
+def _positive(kind: type[int | float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number: {text!r}")
+        return value
+
+    return parse
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or name.upper() != name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with an upper-case setting NAME: {text!r}")
+    return name, value
 
 
 def _add_crawl_options(p: argparse.ArgumentParser) -> None:
@@ -73,7 +109,9 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--radius", action="append", type=_radius, default=[], metavar="ALGO=N",
                    help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=6 pdq=31)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--queue", default=None, help="event queue URL (default file://OUT/queue)")
+    p.add_argument("--queue", default=None,
+                   help="event queue URL: file://DIR or s3://BUCKET/PREFIX (default file://OUT/queue)")
+    _add_s3_options(p)
     p.add_argument("--run-id", default=None, help="run id (default: start time); the same id redoes a run")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-address", default=None, help="address /metrics listens on (default 0.0.0.0)")
@@ -92,11 +130,14 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("-s", "--set", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+                   help="set any setting, as scrapy crawl -s does (e.g. REFWATCH_QUEUE_BATCH_EVENTS=100)")
 
 
 def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Options → settings. Only the options given are set; every default lives in crawler.settings."""
-    out: dict[str, Any] = {
+    out: dict[str, Any] = dict(args.set)
+    out |= {
         "REFWATCH_SNAPSHOTS": list(args.snapshots),
         "REFWATCH_HASHLISTS": list(args.hashlist),
         "REFWATCH_OUT": args.out,
@@ -104,6 +145,9 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
     optional = {
         "REFWATCH_HASHLIST_ALGORITHM": args.hashlist_algorithm,
         "REFWATCH_QUEUE": args.queue,
+        "REFWATCH_S3_ENDPOINT_URL": args.s3_endpoint_url,
+        "REFWATCH_S3_SSE": args.sse,
+        "REFWATCH_S3_SSE_KMS_KEY_ID": args.sse_kms_key_id,
         "REFWATCH_RUN_ID": args.run_id,
         "REFWATCH_METRICS_PORT": args.metrics_port,
         "REFWATCH_METRICS_ADDRESS": args.metrics_address,
@@ -153,6 +197,11 @@ def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None
     console.print(f"{summary['refs_per_second']:.1f} refs/s over {summary['seconds']:.1f} s; "
                   f"{summary['matched_references']} matched references, {summary['events_published']} events "
                   f"published to {queue_url}")
+    if summary.get("queue_errors"):
+        console.print(f"  {summary['queue_errors']} queue writes failed and were retried")
+    if summary.get("events_unwritten"):
+        console.print(f"[bold red]{summary['events_unwritten']} events could not be written to the queue[/]: "
+                      f"redo the run with --run-id {summary['run_id']} to publish them")
     for list_name, by_algorithm in summary["matches"].items():
         parts = ", ".join(f"{algorithm} {count}" for algorithm, count in by_algorithm.items())
         console.print(f"  list {list_name}: {parts}")
@@ -162,12 +211,26 @@ def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None
 def cmd_crawl(args: argparse.Namespace) -> int:
     from crawler.runner import project_settings, run_crawl
 
-    result = run_crawl(project_settings(crawl_settings(args)))
+    settings = project_settings(crawl_settings(args))
+    _check_queue(settings)
+    result = run_crawl(settings)
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
         print_summary(result.summary, result.run_dir, result.queue_url)
-    return EXIT_OK if result.summary.get("finish_reason") == "finished" else EXIT_FAILED
+    ok = result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _check_queue(settings: Any) -> None:
+    """Reach a named queue before crawling, so a wrong bucket, endpoint or credentials is bad input (exit 2)."""
+    from crawler.eventqueue import open_queue, queue_options
+
+    url = settings.get("REFWATCH_QUEUE")
+    if url and settings.getlist("REFWATCH_HASHLISTS"):  # without lists nothing is ever published
+        queue = open_queue(url, **queue_options(settings))
+        queue.check()
+        queue.close()
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
@@ -236,32 +299,53 @@ def _queue_url(given: str | None) -> str:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from crawler.eventqueue import open_queue
+    """Bad URL or options, or a queue that cannot be reached at all: exit 2; a failure while draining: exit 1."""
+    from crawler.eventqueue import DEFAULT_LEASE_SECONDS, open_queue
+    from crawler.objectstore import StoreError
 
-    queue = open_queue(_queue_url(args.queue))
+    queue = open_queue(_queue_url(args.queue), endpoint_url=args.s3_endpoint_url, sse=args.sse,
+                       sse_kms_key_id=args.sse_kms_key_id)
+    queue.check()
     try:
         if args.queue_command == "stats":
-            s = queue.stats()
-            print(json.dumps({"pending": s.pending, "acknowledged": s.acknowledged, "malformed": s.malformed}))
-            return EXIT_OK
-        remaining = args.max
-        while remaining is None or remaining > 0:
-            batch = queue.receive(1000 if remaining is None else min(remaining, 1000))
-            if not batch.events:
-                break
-            for event in batch.events:
-                if args.json:
-                    print(event.to_json())
-                else:
-                    print(f"{event.detected_at} {event.list_name} {event.algorithm} d={event.distance} "
-                          f"run={event.run_id} ref={event.ref_id} {event.url}")
-            sys.stdout.flush()  # printed before acknowledged: at-least-once, never at-most-once
-            queue.ack(batch)
-            if remaining is not None:
-                remaining -= len(batch.events)
+            _print_stats(queue.stats(), args.json)
+        else:
+            _drain(queue, args.max, args.lease or DEFAULT_LEASE_SECONDS, args.json)
+    except StoreError as exc:
+        print(f"refwatch: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         queue.close()
     return EXIT_OK
+
+
+def _print_stats(stats: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(stats.as_dict()))
+        return
+    age = stats.oldest_pending_age_seconds
+    print(f"pending       {stats.pending} events\n"
+          f"in flight     {stats.in_flight} events\n"
+          f"acknowledged  {stats.acknowledged} events\n"
+          f"malformed     {stats.malformed} objects\n"
+          f"oldest        {'-' if age is None else f'{age:.1f} s'}")
+
+
+def _drain(queue: Any, limit: int | None, lease: float, as_json: bool) -> None:
+    handled = 0
+    while limit is None or handled < limit:
+        batch = queue.receive(1000 if limit is None else min(limit - handled, 1000), lease)
+        if not batch.events:
+            break
+        for event in batch.events:
+            if as_json:
+                print(event.to_json())
+            else:
+                print(f"{event.detected_at} {event.list_name} {event.algorithm} d={event.distance} "
+                      f"run={event.run_id} ref={event.ref_id} {event.url}")
+        sys.stdout.flush()  # printed before acknowledged: at-least-once, never at-most-once
+        queue.ack(batch)
+        handled += len(batch.events)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -278,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from crawler.eventqueue import QueueError
     from crawler.hashlist import HashListError
+    from crawler.objectstore import StoreError
     from crawler.references import SnapshotError
     from crawler.runner import InputError
 
@@ -285,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers["hashlist"] = cmd_hashlist
     try:
         return handlers[args.command](args)
-    except (InputError, SnapshotError, HashListError, QueueError, _BadInput) as exc:
+    except (InputError, SnapshotError, HashListError, QueueError, StoreError, _BadInput) as exc:
         print(f"refwatch: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:

@@ -77,7 +77,7 @@ def run_demo(out: str) -> int:
     print_summary(result.summary, result.run_dir, result.queue_url)
     queue = open_queue(result.queue_url)
     try:
-        events = [e for e in queue.receive(10_000).events if e.run_id == result.summary["run_id"]]
+        events = [e for e in queue.peek(10_000) if e.run_id == result.summary["run_id"]]
     finally:
         queue.close()
     print(f"\nmatch events of this run ({len(events)}; `refwatch queue drain --json` prints and acknowledges them):")

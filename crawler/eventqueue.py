@@ -1,275 +1,157 @@
-"""The match-event queue, named by URL: producers ``publish``/``flush``/``close``, consumers ``receive``/``ack``.
+"""The match-event queue, named by URL (``file://DIR``, a plain path, or ``s3://BUCKET/PREFIX``).
 
-Only ``file://DIR`` exists so far: one JSON file per event in ``DIR/pending/``, moved to ``DIR/acked/`` when
-acknowledged. Files are named by the deterministic event id, so re-publishing overwrites instead of
-duplicating, and an event already acknowledged is not published again. Each file is written to a ``.tmp``
-file beside it, fsynced and renamed, so a reader sees a whole event or none. Delivery is at-least-once: a
-consumer that dies between ``receive`` and ``ack`` sees the same events again.
+One design over an object store (``crawler/objectstore.py``), so a local folder and S3 behave the same and
+share one test suite. Producers ``publish``/``flush``/``close``; consumers ``receive``/``ack``; anyone
+``stats``. No coordination service: S3's strong read-after-write consistency and conditional writes
+(``If-None-Match: *``, ``If-Match: <etag>``) are all it uses.
 
-The interface is shaped for a later ``s3://BUCKET/PREFIX`` back-end that batches on ``flush`` and leases on
-``receive``: a ``Batch`` carries an opaque back-end ``token`` that ``ack`` hands back.
+Layout under the queue's root::
+
+    batches/<UTC yyyymmddThhmmss.fffZ>-<producer>-<seq>-n<events>.jsonl
+        immutable: up to ``batch_events`` events as JSON Lines of ``MatchEvent.to_json()``, written once,
+        whole, create-only. The name sorts by time and carries the event count, so ``stats`` counts events
+        from one listing.
+    leases/<batch id>.json     {owner token, expires_at}: a consumer holds the batch until then.
+    acked/<batch id>.json      {owner, events, at}: the batch was handled (its object is then deleted).
+    malformed/<batch id>.json  {reason}: the batch object is not what its name says; it is never delivered.
+
+Semantics:
+
+- Producer (``crawler/queue_producer.py``): ``publish`` buffers and returns at once; a background thread
+  writes a batch every ``batch_events`` events or when the oldest is ``batch_seconds`` old, retrying failed
+  writes with capped exponential back-off (each failure goes to ``on_error``). ``flush`` blocks until all
+  published so far is written; ``close`` does the same within ``close_timeout`` and otherwise raises
+  ``QueueCloseError`` with the number of events it could not write. A producer that dies loses its buffer
+  only; event ids are deterministic, so redoing the run republishes the same ids.
+- Consumer (``crawler/queue_consumer.py``): ``receive(max_events, lease_seconds)`` claims whole batch objects
+  under a lease; ``ack`` marks them handled. Delivery is at least once: a batch not acknowledged within its
+  lease is delivered again, and the same event id may sit in two batches (a redone run), so consumers that
+  must not act twice dedupe by ``event_id``. Two consumers never both hold a batch inside its lease where
+  conditional writes are atomic (S3, ``LocalStore``); see the consumer's docstring and
+  ``tests/test_queue_faults.py`` for what holds on a store where they are not.
+- Lease expiry compares wall clocks: consumers on different machines need synchronised clocks (NTP); a skew
+  of S seconds shortens or lengthens a lease by S.
+- Housekeeping: ``acked/`` markers stay (``stats`` sums them); expire them with a bucket lifecycle rule if
+  they grow too many. Malformed batch objects stay in place for a person to inspect.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import tempfile
-import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol
 
 from crawler.events import MatchEvent
+from crawler.objectstore import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    ObjectStore,
+    RetryingStore,
+    StoreError,
+    open_store,
+)
+from crawler.queue_consumer import BatchReader
+from crawler.queue_model import Batch, QueueCloseError, QueueError, QueueStats
+from crawler.queue_producer import BatchWriter
 
-logger = logging.getLogger(__name__)
+__all__ = ["Batch", "EventQueue", "QueueCloseError", "QueueError", "QueueStats", "open_queue", "queue_options"]
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-_SUFFIX = ".json"
-
-
-class QueueError(Exception):
-    """A queue URL or queue directory the user must fix, or use of a closed queue."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Events handed to a consumer; pass the whole batch back to ``ack`` once they are safely handled.
-
-    ``token`` is opaque to callers: what the back-end needs to acknowledge (file names for ``FileQueue``).
-    """
-
-    events: tuple[MatchEvent, ...]
-    token: tuple[str, ...]
+DEFAULT_LEASE_SECONDS = 300.0
 
 
-@dataclass(frozen=True)
-class QueueStats:
-    """Queue depth: events waiting, events acknowledged, and malformed entries skipped."""
+class EventQueue:
+    """A queue over one object store: a producer (thread started on first publish) and a consumer in one."""
 
-    pending: int
-    acknowledged: int
-    malformed: int
-
-
-@runtime_checkable
-class EventQueue(Protocol):
-    """What every queue back-end offers; one producer per process, consumers may run elsewhere."""
-
-    @property
-    def url(self) -> str: ...
-
-    def publish(self, events: Iterable[MatchEvent]) -> int:
-        """Queue ``events``; return how many were new (not already pending or acknowledged)."""
-        ...
-
-    def flush(self) -> None:
-        """Make everything published so far durable."""
-        ...
-
-    def close(self) -> None:
-        """Flush and release resources; the queue cannot be used afterwards."""
-        ...
-
-    def receive(self, max_events: int = 1000) -> Batch:
-        """Up to ``max_events`` unacknowledged events, oldest first."""
-        ...
-
-    def ack(self, batch: Batch) -> None:
-        """Mark a received batch handled so it is not received again."""
-        ...
-
-    def stats(self) -> QueueStats: ...
-
-
-def open_queue(url: str) -> EventQueue:
-    """The queue a URL names: ``file:///abs/dir``, ``file://relative/dir`` or a plain directory path."""
-    if "://" not in url and not url.startswith("file:"):
-        if not url.strip():
-            raise QueueError("empty queue URL")
-        return FileQueue(url, url=url)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        raise QueueError("s3:// queues are not supported yet")
-    if scheme != "file":
-        raise QueueError(f"unsupported queue URL scheme {parts.scheme!r} (use file://DIR)")
-    if parts.query or parts.fragment:
-        raise QueueError(f"file:// queue URL must not have a query or fragment: {url}")
-    # netloc + path is the path, so file://relative/dir is the relative directory relative/dir.
-    path = unquote(parts.netloc + parts.path)
-    if not path:
-        raise QueueError(f"file:// queue URL names no directory: {url}")
-    return FileQueue(path, url=url)
-
-
-class FileQueue:
-    """A queue in a local directory: ``pending/<event_id>.json`` until acked, then ``acked/<event_id>.json``.
-
-    Thread-safe within one process (one lock); meant for one producer and one consumer at a time.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], *, url: str | None = None) -> None:
-        self._root = Path(directory)
-        self._pending = self._root / "pending"
-        self._acked = self._root / "acked"
-        self._url = url if url is not None else f"file://{self._root.resolve()}"
-        self._lock = threading.Lock()
+    def __init__(self, store: ObjectStore, *, on_error: Callable[[BaseException], None] | None = None,
+                 on_written: Callable[[int], None] | None = None, batch_events: int = 500,
+                 batch_seconds: float = 2.0, close_timeout: float = 300.0,
+                 backoff: Backoff = DEFAULT_BACKOFF, consumer_attempts: int = 6) -> None:
+        self.store = store
+        self._close_timeout = close_timeout
+        self._writer = BatchWriter(store, batch_events=batch_events, batch_seconds=batch_seconds,
+                                   on_error=on_error, on_written=on_written, backoff=backoff)
+        self._reader = BatchReader(RetryingStore(store, attempts=consumer_attempts, backoff=backoff,
+                                                 on_error=on_error))
         self._closed = False
-        # Malformed pending files seen, name -> mtime_ns, so each is logged once and not re-read until it changes.
-        self._malformed: dict[str, int] = {}
-        try:
-            self._pending.mkdir(parents=True, exist_ok=True)
-            self._acked.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise QueueError(f"cannot use {self._root} as a queue directory: {exc.strerror or exc}") from None
-        logger.info("Event queue at %s", self._root)
 
     @property
     def url(self) -> str:
-        return self._url
+        return self.store.url
 
-    def __enter__(self) -> FileQueue:
+    def __enter__(self) -> EventQueue:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
-    def publish(self, events: Iterable[MatchEvent]) -> int:
-        """Write each event atomically; return how many were new (already pending or acked are not)."""
-        new = delivered = 0
-        with self._lock:
-            self._check_open()
-            for event in events:
-                name = _file_name(event.event_id)
-                if (self._acked / name).exists():
-                    delivered += 1
-                    continue
-                existed = (self._pending / name).exists()
-                self._write_atomic(name, event.to_json())
-                self._malformed.pop(name, None)
-                new += not existed
-        if new or delivered:
-            logger.debug("Published %d new events (%d already acknowledged)", new, delivered)
-        return new
+    def check(self) -> None:
+        """Raise ``StoreError`` now if the store cannot be reached (bucket, credentials, endpoint, folder)."""
+        self.store.check()
 
-    def flush(self) -> None:
-        """fsync the directories so the renames done by ``publish``/``ack`` survive a crash."""
-        with self._lock:
-            self._check_open()
-            self._sync_dirs()
+    def publish(self, events: Iterable[MatchEvent]) -> int:
+        """Queue ``events`` (buffered; written in the background); return how many this producer had not taken."""
+        self._check_open()
+        return self._writer.publish(events)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything published so far is durable (QueueError after ``timeout``, default close's)."""
+        self._check_open()
+        self._writer.flush(self._close_timeout if timeout is None else timeout)
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._sync_dirs()
-            self._closed = True
+        """Write what is buffered (within ``close_timeout``) and stop; QueueCloseError if events are left over."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close(self._close_timeout)
 
-    def receive(self, max_events: int = 1000) -> Batch:
-        """Up to ``max_events`` pending events, oldest first (by mtime, then name); malformed files skipped."""
-        if max_events < 1:
-            raise ValueError(f"max_events must be at least 1, not {max_events}")
-        events: list[MatchEvent] = []
-        names: list[str] = []
-        with self._lock:
-            self._check_open()
-            for mtime_ns, name in self._pending_files():
-                if len(events) >= max_events:
-                    break
-                if self._malformed.get(name) == mtime_ns:
-                    continue
-                event = self._read(name, mtime_ns)
-                if event is not None:
-                    events.append(event)
-                    names.append(name)
-        return Batch(events=tuple(events), token=tuple(names))
+    def receive(self, max_events: int = 1000, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Batch:
+        """Claim up to ``max_events`` events in whole batch objects (at least one object if any is free)."""
+        self._check_open()
+        return self._reader.receive(max_events, lease_seconds)
 
     def ack(self, batch: Batch) -> None:
-        """Move the batch's files to ``acked/``; a file already gone (acked before) is fine."""
-        with self._lock:
-            self._check_open()
-            for name in batch.token:
-                if Path(name).name != name or not name.endswith(_SUFFIX):
-                    raise QueueError("batch token does not belong to a file queue")
-                try:
-                    os.replace(self._pending / name, self._acked / name)
-                except FileNotFoundError:
-                    if not (self._acked / name).exists():
-                        logger.warning("Cannot ack %s: no longer pending", name)
+        """Mark a received batch handled so it is not delivered again."""
+        self._check_open()
+        self._reader.ack(batch)
+
+    def peek(self, max_events: int = 1000) -> tuple[MatchEvent, ...]:
+        """Unacknowledged events, oldest first, without claiming them."""
+        return self._reader.peek(max_events)
 
     def stats(self) -> QueueStats:
-        """Counts from the directories; ``malformed`` counts pending files this queue found malformed."""
-        with self._lock:
-            pending = self._pending_files()
-            malformed = sum(1 for mtime_ns, name in pending if self._malformed.get(name) == mtime_ns)
-            acknowledged = sum(1 for entry in os.scandir(self._acked) if entry.name.endswith(_SUFFIX))
-        return QueueStats(pending=len(pending) - malformed, acknowledged=acknowledged, malformed=malformed)
+        return self._reader.stats()
 
     def _check_open(self) -> None:
         if self._closed:
-            raise QueueError(f"queue {self._url} is closed")
-
-    def _write_atomic(self, name: str, text: str) -> None:
-        """Write to a ``.tmp`` file in ``pending/``, fsync, then rename: the event appears whole or not at all."""
-        fd, tmp = tempfile.mkstemp(dir=self._pending, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._pending / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def _pending_files(self) -> list[tuple[int, str]]:
-        """``(mtime_ns, name)`` of pending ``*.json`` files, oldest first; ``.tmp`` files are ignored."""
-        files: list[tuple[int, str]] = []
-        with os.scandir(self._pending) as entries:
-            for entry in entries:
-                if not entry.name.endswith(_SUFFIX) or entry.name.startswith("."):
-                    continue
-                try:
-                    files.append((entry.stat().st_mtime_ns, entry.name))
-                except FileNotFoundError:  # acked by someone else between listing and stat
-                    continue
-        files.sort()
-        return files
-
-    def _read(self, name: str, mtime_ns: int) -> MatchEvent | None:
-        """The event in a pending file, or None (logged once, by file name only) if it is malformed."""
-        try:
-            event = MatchEvent.from_json((self._pending / name).read_bytes())
-            if _file_name(event.event_id) != name:
-                raise ValueError("event_id does not match the file name")
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            if name not in self._malformed:
-                logger.warning("Skipping malformed event file %s: %s", self._pending / name, exc)
-            self._malformed[name] = mtime_ns
-            return None
-        self._malformed.pop(name, None)
-        return event
-
-    def _sync_dirs(self) -> None:
-        for directory in (self._pending, self._acked):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            raise QueueError(f"queue {self.url} is closed")
 
 
-def _file_name(event_id: str) -> str:
-    """``<event_id>.json``; ids that could escape the directory or hide as dot-files are refused."""
-    if not _SAFE_ID.fullmatch(event_id):
-        raise ValueError("event_id is not safe as a file name (letters, digits, '_', '-', '.')")
-    return event_id + _SUFFIX
+def open_queue(url: str, *, endpoint_url: str | None = None, sse: str | None = None,
+               sse_kms_key_id: str | None = None, **options: Any) -> EventQueue:
+    """The queue a URL names; ``options`` are ``EventQueue``'s. Nothing remote is contacted (``check`` does)."""
+    try:
+        store = open_store(url, endpoint_url=endpoint_url, sse=sse, sse_kms_key_id=sse_kms_key_id)
+    except StoreError as exc:
+        raise QueueError(str(exc)) from None
+    return EventQueue(store, **options)
+
+
+class SettingsLike(Protocol):
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+
+def queue_options(settings: SettingsLike) -> dict[str, Any]:
+    """``open_queue``'s keyword arguments from the ``REFWATCH_*`` settings (a Scrapy ``Settings`` or a dict)."""
+    try:
+        return {
+            "endpoint_url": settings.get("REFWATCH_S3_ENDPOINT_URL") or None,
+            "sse": settings.get("REFWATCH_S3_SSE") or None,
+            "sse_kms_key_id": settings.get("REFWATCH_S3_SSE_KMS_KEY_ID") or None,
+            "batch_events": int(settings.get("REFWATCH_QUEUE_BATCH_EVENTS", 500)),
+            "batch_seconds": float(settings.get("REFWATCH_QUEUE_BATCH_SECONDS", 2.0)),
+            "close_timeout": float(settings.get("REFWATCH_QUEUE_CLOSE_TIMEOUT", 300.0)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise QueueError(f"bad queue setting: {exc}") from None

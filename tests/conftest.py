@@ -30,3 +30,13 @@ def web():
     with SampleWeb() as server:
         yield server
 
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 endpoint (moto_server in a child process on loopback), with dummy credentials in the
+    environment for boto3 clients the tests make and for child processes; stopped after the session."""
+    from tests.s3server import MotoServer, s3_environment
+
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with MotoServer(log) as server, s3_environment(server.endpoint):
+        yield server

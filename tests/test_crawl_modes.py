@@ -213,9 +213,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_queue_stats(tmp_path: Path) -> None:
-    done = run_refwatch("queue", "stats", "--queue", f"file://{tmp_path}/q")
+    done = run_refwatch("queue", "stats", "--queue", f"file://{tmp_path}/q", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"pending": 0, "acknowledged": 0, "malformed": 0}
+    assert json.loads(done.stdout) == {"pending": 0, "in_flight": 0, "acknowledged": 0, "malformed": 0,
+                                       "oldest_pending_age_seconds": None}
+    table = run_refwatch("queue", "stats", "--queue", f"file://{tmp_path}/q")
+    assert table.returncode == 0 and "in flight     0 events" in table.stdout
 
 
 def test_unsupported_queue_is_bad_input(tmp_path: Path) -> None:

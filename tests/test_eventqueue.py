@@ -1,16 +1,32 @@
-"""The file event queue: atomic files, idempotent publish, receive/ack, malformed files, URL parsing."""
+"""The event queue's semantics, the same tests on a local folder and on S3 (moto_server on loopback).
+
+Batches by count and by age, whole immutable objects, receive/ack with leases, redelivery after a lease,
+malformed objects, stats, retried writes and a close that says what it could not write.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from crawler import s3store
+from crawler.eventqueue import (
+    Batch,
+    EventQueue,
+    QueueCloseError,
+    QueueError,
+    open_queue,
+)
 from crawler.events import MatchEvent, make_event_id
-from crawler.eventqueue import Batch, EventQueue, FileQueue, QueueError, QueueStats, open_queue
+from crawler.objectstore import Backoff, ObjectStore, TransientStoreError, open_store
+from crawler.queue_model import ACKED, BATCHES, BatchName, decode_events
+from crawler.s3store import S3Store
+from tests.s3server import MotoServer
 
 
 def event(n: int, run_id: str = "run-1") -> MatchEvent:
@@ -33,210 +49,294 @@ def event(n: int, run_id: str = "run-1") -> MatchEvent:
     )
 
 
-def set_mtime(path: Path, seconds: int) -> None:
-    os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
+class Backend:
+    """One queue location and ways to open queues and raw stores on it."""
+
+    def __init__(self, url: str, endpoint: str | None, client: Any = None) -> None:
+        self.url = url
+        self.endpoint = endpoint
+        self.client = client  # one S3 client for every queue of a test: making one costs ~0.1 s
+        self.queues: list[EventQueue] = []
+
+    def queue(self, **options: Any) -> EventQueue:
+        return self.wrapped(lambda store: store, **options)
+
+    def store(self) -> ObjectStore:
+        if self.client is None:
+            return open_store(self.url, endpoint_url=self.endpoint)
+        bucket, prefix = self.url.removeprefix("s3://").split("/", 1)
+        return S3Store(bucket, prefix, self.client)
+
+    def wrapped(self, wrap: Callable[[ObjectStore], ObjectStore], **options: Any) -> EventQueue:
+        """A queue (small batches, fast retries) over this back-end's store as ``wrap`` changes it."""
+        options = {"batch_events": 3, "batch_seconds": 60.0, "close_timeout": 10.0,
+                   "backoff": Backoff(base=0.01, cap=0.05), **options}
+        q = EventQueue(wrap(self.store()), **options)
+        self.queues.append(q)
+        return q
 
 
-@pytest.fixture
-def queue(tmp_path: Path) -> FileQueue:
-    return FileQueue(tmp_path / "q")
+@pytest.fixture(params=["file", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "file":
+        b = Backend(f"file://{tmp_path}/q", None)
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        b = Backend(f"s3://{s3.new_bucket()}/queue", s3.endpoint, request.getfixturevalue("s3_client"))
+    yield b
+    for q in b.queues:
+        try:
+            q.close()
+        except QueueError:
+            pass
 
 
-def test_publish_writes_one_whole_file_per_event(queue: FileQueue, tmp_path: Path) -> None:
-    events = [event(n) for n in range(20)]
-    assert queue.publish(events) == 20
-    pending = tmp_path / "q" / "pending"
-    files = sorted(pending.iterdir())
-    assert [f.name for f in files] == sorted(f"{e.event_id}.json" for e in events)
-    for f in files:
-        assert MatchEvent.from_json(f.read_text(encoding="utf-8")).event_id == f.stem
-    assert queue.stats() == QueueStats(pending=20, acknowledged=0, malformed=0)
+@pytest.fixture(scope="module")
+def s3_client(s3_server: MotoServer) -> Any:
+    """A client configured as refwatch configures its own (no botocore retries)."""
+    return s3store.s3_client("s3://tests", s3_server.endpoint)
 
 
-def test_readers_never_see_partial_files(queue: FileQueue, tmp_path: Path) -> None:
-    pending = tmp_path / "q" / "pending"
-    done = threading.Event()
-    seen: set[str] = set()
-
-    def produce() -> None:
-        for n in range(300):
-            queue.publish([event(n)])
-        done.set()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    while True:
-        finished = done.is_set()
-        for path in pending.glob("*.json"):
-            MatchEvent.from_json(path.read_bytes())  # raises if a reader ever sees half an event
-            seen.add(path.name)
-        if finished:  # one last full scan after the producer finished
-            break
-    producer.join()
-    assert len(seen) == 300
-    assert not list(pending.glob("*.tmp"))
+def batch_names(store: ObjectStore) -> list[BatchName]:
+    return [n for n in (BatchName.from_key(i.key, BATCHES) for i in store.list(BATCHES)) if n is not None]
 
 
-def test_failed_write_leaves_nothing(queue: FileQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_fsync(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
-        queue.publish([event(1)])
-    assert list((tmp_path / "q" / "pending").iterdir()) == []
-
-
-def test_leftover_tmp_is_ignored(queue: FileQueue, tmp_path: Path) -> None:
-    queue.publish([event(1)])
-    (tmp_path / "q" / "pending" / f".{event(2).event_id}.json.abc.tmp").write_text('{"event_id": "trunc')
-    batch = queue.receive()
-    assert batch.events == (event(1),)
-    assert queue.stats() == QueueStats(pending=1, acknowledged=0, malformed=0)
+def test_batches_by_count_whole_and_in_order(backend: Backend) -> None:
+    q = backend.queue(batch_events=3)
+    events = [event(n) for n in range(7)]
+    assert q.publish(events) == 7
+    q.flush()
+    store = backend.store()
+    names = batch_names(store)
+    assert [n.count for n in names] == [3, 3, 1]
+    assert len({n.producer for n in names}) == 1 and [n.seq for n in names] == [0, 1, 2]
+    written = [e for n in names for e in decode_events(store.get(n.key(BATCHES)).data, n.count)]
+    assert written == events
+    stats = q.stats()
+    assert (stats.pending, stats.in_flight, stats.acknowledged, stats.malformed) == (7, 0, 0, 0)
+    assert stats.oldest_pending_age_seconds is not None and 0 <= stats.oldest_pending_age_seconds < 30
 
 
-def test_republish_is_idempotent(queue: FileQueue, tmp_path: Path) -> None:
-    assert queue.publish([event(1), event(2)]) == 2
-    assert queue.publish([event(1), event(2), event(1)]) == 0
-    assert len(list((tmp_path / "q" / "pending").glob("*.json"))) == 2
-    assert set(queue.receive().events) == {event(1), event(2)}
+def test_batch_written_by_age_without_flush(backend: Backend) -> None:
+    written: list[int] = []
+    q = backend.queue(batch_events=100, batch_seconds=0.2, on_written=written.append)
+    q.publish([event(1), event(2)])
+    deadline = time.monotonic() + 10
+    while not written and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert written == [2]
+    assert [n.count for n in batch_names(backend.store())] == [2]
 
 
-def test_acknowledged_events_are_not_republished(queue: FileQueue, tmp_path: Path) -> None:
-    queue.publish([event(1), event(2)])
-    queue.ack(queue.receive())
-    assert queue.publish([event(1), event(3)]) == 1
-    assert [e.event_id for e in queue.receive().events] == [event(3).event_id]
-    assert queue.stats() == QueueStats(pending=1, acknowledged=2, malformed=0)
-    assert not (tmp_path / "q" / "pending" / f"{event(1).event_id}.json").exists()
-
-
-def test_receive_oldest_first_and_max(queue: FileQueue, tmp_path: Path) -> None:
-    events = [event(n) for n in range(6)]
-    queue.publish(events)
-    pending = tmp_path / "q" / "pending"
-    # Publish order is 0..5; give them explicit, partly equal mtimes: ties break by name.
-    times = [500, 100, 300, 300, 200, 100]
-    for e, t in zip(events, times):
-        set_mtime(pending / f"{e.event_id}.json", t)
-    expected = [e for _, _, e in sorted((t, e.event_id, e) for t, e in zip(times, events))]
-    assert queue.receive(max_events=4).events == tuple(expected[:4])
-    assert queue.receive().events == tuple(expected)
-    with pytest.raises(ValueError):
-        queue.receive(max_events=0)
-
-
-def test_ack_moves_files(queue: FileQueue, tmp_path: Path) -> None:
-    queue.publish([event(n) for n in range(5)])
-    batch = queue.receive(max_events=3)
-    queue.ack(batch)
-    queue.ack(batch)  # acking twice is harmless
-    assert queue.stats() == QueueStats(pending=2, acknowledged=3, malformed=0)
-    for e in batch.events:
-        assert (tmp_path / "q" / "acked" / f"{e.event_id}.json").is_file()
-    rest = queue.receive()
-    assert not set(rest.events) & set(batch.events)
-    queue.ack(rest)
-    assert queue.receive() == Batch(events=(), token=())
-    queue.ack(queue.receive())
-
-
-def test_ack_rejects_foreign_tokens(queue: FileQueue) -> None:
-    with pytest.raises(QueueError):
-        queue.ack(Batch(events=(), token=("../escape.json",)))
-
-
-def test_malformed_files_skipped_counted_logged_once(
-    queue: FileQueue, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    pending = tmp_path / "q" / "pending"
-    queue.publish([event(1), event(2)])
-    (pending / "garbage.json").write_text("not json at all")
-    wrong_name = pending / "0123456789abcdef0123456789abcdef.json"
-    wrong_name.write_text(event(3).to_json())  # valid event, but the file name is not its id
-    set_mtime(pending / "garbage.json", 1)
-    set_mtime(wrong_name, 2)
-    with caplog.at_level(logging.WARNING, logger="crawler.eventqueue"):
-        first = queue.receive(max_events=1)
-        second = queue.receive()
-    assert len(first.events) == 1  # malformed files do not use up the batch
-    assert set(second.events) == {event(1), event(2)}
-    assert queue.stats() == QueueStats(pending=2, acknowledged=0, malformed=2)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2
-    assert "garbage.json" in caplog.text and wrong_name.name in caplog.text
-    assert "not json at all" not in caplog.text
-    # Removing malformed files clears the count; republishing over a malformed file makes it a normal event.
-    wrong_name.unlink()
-    (pending / "garbage.json").unlink()
-    assert queue.stats().malformed == 0
-    (pending / f"{event(4).event_id}.json").write_text('{"half": ')
-    assert queue.receive().events == second.events
-    assert queue.stats().malformed == 1
-    assert queue.publish([event(4)]) == 0  # it was already there, only broken
-    assert event(4) in queue.receive().events
-    assert queue.stats() == QueueStats(pending=3, acknowledged=0, malformed=0)
-
-
-def test_closed_queue_and_context_manager(tmp_path: Path) -> None:
-    with FileQueue(tmp_path / "q") as queue:
-        queue.publish([event(1)])
-        queue.flush()
-    with pytest.raises(QueueError, match="closed"):
-        queue.publish([event(2)])
-    with pytest.raises(QueueError, match="closed"):
-        queue.receive()
-    queue.close()  # closing twice is fine
-    assert queue.stats().pending == 1
-
-
-def test_unsafe_event_id(queue: FileQueue) -> None:
-    for bad in ("../x", ".hidden", "a/b"):
-        with pytest.raises(ValueError):
-            queue.publish([MatchEvent(**{**_fields(event(1)), "event_id": bad})])
-
-
-def _fields(e: MatchEvent) -> dict[str, object]:
-    return {name: getattr(e, name) for name in MatchEvent.__slots__}
-
-
-def test_open_queue_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    absolute = open_queue(f"file://{tmp_path}/abs")
-    assert isinstance(absolute, FileQueue) and isinstance(absolute, EventQueue)
-    assert absolute.url == f"file://{tmp_path}/abs"
-    assert (tmp_path / "abs" / "pending").is_dir() and (tmp_path / "abs" / "acked").is_dir()
-
-    monkeypatch.chdir(tmp_path)
-    open_queue("file://relative/dir")
-    assert (tmp_path / "relative" / "dir" / "pending").is_dir()
-    open_queue("plain/path")
-    assert (tmp_path / "plain" / "path" / "acked").is_dir()
-    open_queue("file://with%20space")
-    assert (tmp_path / "with space" / "pending").is_dir()
-
-    # Events published through one handle are received through another on the same directory.
-    producer = open_queue(f"file://{tmp_path}/shared")
-    producer.publish([event(1)])
+def test_receive_ack_round_trip(backend: Backend) -> None:
+    producer = backend.queue()
+    producer.publish([event(n) for n in range(5)])
     producer.close()
-    assert open_queue(str(tmp_path / "shared")).receive().events == (event(1),)
+    consumer = backend.queue()
+    batch = consumer.receive(max_events=100)
+    assert sorted(e.ref_id for e in batch.events) == [f"ref-{n}" for n in range(5)]
+    assert consumer.receive().events == ()  # all leased
+    assert consumer.stats().in_flight == 5 and consumer.stats().pending == 0
+    consumer.ack(batch)
+    consumer.ack(batch)  # acking twice is harmless
+    assert consumer.receive().events == ()
+    stats = consumer.stats()
+    assert (stats.pending, stats.in_flight, stats.acknowledged, stats.malformed) == (0, 0, 5, 0)
+    assert stats.oldest_pending_age_seconds is None
+    assert batch_names(backend.store()) == []
 
 
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("s3://bucket/prefix", r"^s3:// queues are not supported yet$"),
-        ("redis://localhost/0", "unsupported queue URL scheme 'redis'"),
-        ("", "empty"),
-        ("file://", "names no directory"),
-        ("file:///tmp/q?x=1", "query"),
-    ],
-)
-def test_open_queue_errors(url: str, message: str) -> None:
-    with pytest.raises(QueueError, match=message):
-        open_queue(url)
+def test_batches_are_never_split(backend: Backend) -> None:
+    producer = backend.queue(batch_events=3)
+    producer.publish([event(n) for n in range(9)])
+    producer.flush()
+    consumer = backend.queue()
+    one = consumer.receive(max_events=1)
+    assert len(one.events) == 3 and len(one.token) == 1  # at least one whole object
+    four = consumer.receive(max_events=4)
+    assert len(four.events) == 3  # a second object would pass the limit
+    assert len(consumer.receive(max_events=100).events) == 3
+    with pytest.raises(ValueError):
+        consumer.receive(max_events=0)
 
 
-def test_queue_dir_that_is_a_file(tmp_path: Path) -> None:
+def test_unacknowledged_batch_comes_back_after_its_lease(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    producer = backend.queue()
+    producer.publish([event(1), event(2)])
+    producer.flush()
+    first, second = backend.queue(), backend.queue()
+    held = first.receive(lease_seconds=0.3)
+    assert len(held.events) == 2
+    assert second.receive().events == ()
+    time.sleep(0.4)
+    again = second.receive(lease_seconds=30)
+    assert again.events == held.events and again.token[0].owner != held.token[0].owner
+    with caplog.at_level(logging.WARNING, logger="crawler.queue_consumer"):
+        first.ack(held)  # too late: the warning says it may have been delivered twice
+    assert "after its lease expired" in caplog.text
+    second.ack(again)
+    assert "already been acknowledged by another consumer" in caplog.text
+    assert second.stats().acknowledged == 2
+
+
+def test_publish_dedupes_within_a_producer_not_across(backend: Backend) -> None:
+    one = backend.queue()
+    assert one.publish([event(1), event(2), event(1)]) == 2
+    assert one.publish([event(2)]) == 0
+    one.flush()
+    redo = backend.queue()  # a redone run: same deterministic ids, another producer
+    assert redo.publish([event(1)]) == 1
+    redo.flush()
+    got = backend.queue().receive(100).events
+    assert sorted(e.ref_id for e in got) == ["ref-1", "ref-1", "ref-2"]  # at least once: dedupe by event_id
+
+
+def test_close_writes_everything_and_closes(backend: Backend) -> None:
+    q = backend.queue(batch_events=100)
+    q.publish([event(n) for n in range(4)])
+    q.close()  # no flush: close writes what is buffered
+    q.close()  # twice is fine
+    with pytest.raises(QueueError, match="closed"):
+        q.publish([event(9)])
+    with pytest.raises(QueueError, match="closed"):
+        q.receive()
+    assert q.stats().pending == 4
+    with backend.queue() as other:
+        assert len(other.peek()) == 4  # peek does not claim
+        assert len(other.receive().events) == 4
+
+
+def test_failed_writes_are_retried_and_reported(backend: Backend) -> None:
+    errors: list[BaseException] = []
+    failing = _FailingPuts(fail=3)
+    q = backend.wrapped(failing.wrap, on_error=errors.append)
+    q.publish([event(n) for n in range(4)])
+    q.flush(timeout=10)
+    assert len(errors) == 3 and all(isinstance(e, TransientStoreError) for e in errors)
+    assert len(backend.queue().receive(100).events) == 4
+
+
+def test_close_says_how_many_events_it_could_not_write(backend: Backend) -> None:
+    errors: list[BaseException] = []
+    q = backend.wrapped(_FailingPuts(fail=10**6).wrap, on_error=errors.append, close_timeout=0.2)
+    q.publish([event(n) for n in range(5)])
+    with pytest.raises(QueueCloseError, match="5 match events could not be written") as raised:
+        q.close()
+    assert raised.value.unwritten == 5 and errors
+    stuck = backend.wrapped(_FailingPuts(fail=10**6).wrap, close_timeout=0.1)
+    stuck.publish([event(1)])
+    with pytest.raises(QueueError, match="1 events not written after 0.1 s"):
+        stuck.flush(timeout=0.1)
+
+
+def test_cut_short_ack_is_finished_by_the_next_receive(backend: Backend) -> None:
+    producer = backend.queue()
+    producer.publish([event(n) for n in range(6)])
+    producer.flush()
+    store = backend.store()
+    oldest = batch_names(store)[0]
+    store.put(oldest.key(ACKED), b'{"owner":"crashed","events":3}')  # marker written, then the consumer died
+    consumer = backend.queue()
+    got = consumer.receive(100)
+    assert sorted(e.ref_id for e in got.events) == [f"ref-{n}" for n in range(3, 6)]
+    assert [n.id for n in batch_names(store)] != [] and oldest not in batch_names(store)
+    assert consumer.stats().acknowledged == 3
+
+
+def test_malformed_objects_are_skipped_counted_and_logged_once(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = backend.queue()
+    producer.publish([event(1), event(2)])
+    producer.flush()
+    store = backend.store()
+    stamp = batch_names(store)[0]
+    bad_content = BatchName(stamp.stamp, "f" * 16, 1, 2)
+    wrong_count = BatchName(stamp.stamp, "e" * 16, 1, 5)
+    store.put(bad_content.key(BATCHES), b"secret-looking garbage, not JSON\n")
+    store.put(wrong_count.key(BATCHES), (event(3).to_json() + "\n").encode())
+    store.put("batches/garbage.jsonl", b"{}")
+    store.put("notes.txt", b"left by a person")
+    consumer = backend.queue()
+    with caplog.at_level(logging.WARNING, logger="crawler.queue_consumer"):
+        assert consumer.stats().malformed == 2  # the two names the queue never writes
+        got = consumer.receive(100)
+        assert sorted(e.ref_id for e in got.events) == ["ref-1", "ref-2"]
+        consumer.ack(got)
+        assert consumer.receive(100).events == ()
+        stats = consumer.stats()
+    assert (stats.pending, stats.acknowledged, stats.malformed) == (0, 2, 4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for key in (bad_content.key(BATCHES), wrong_count.key(BATCHES), "batches/garbage.jsonl", "notes.txt"):
+        assert sum(key in w for w in warnings) == 1, (key, warnings)
+    assert "secret-looking" not in caplog.text and "left by a person" not in caplog.text
+    assert stats.oldest_pending_age_seconds is None  # malformed batches are not pending
+
+
+def test_s3_queue_writes_with_server_side_encryption(s3_server) -> None:
+    bucket = s3_server.new_bucket()
+    q = open_queue(f"s3://{bucket}/q", endpoint_url=s3_server.endpoint, sse="AES256", batch_events=2)
+    q.publish([event(1), event(2)])
+    q.flush()
+    consumer = open_queue(f"s3://{bucket}/q", endpoint_url=s3_server.endpoint, sse="AES256")
+    batch = consumer.receive()
+    objects = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="q/")["Contents"]
+    keys = [o["Key"] for o in objects]
+    assert any(k.startswith("q/batches/") for k in keys) and any(k.startswith("q/leases/") for k in keys)
+    for key in keys:
+        assert s3_server.client().head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    consumer.ack(batch)
+    q.close()
+    consumer.close()
+
+
+def test_open_queue_urls_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    q = open_queue(f"file://{tmp_path}/abs")
+    assert isinstance(q, EventQueue) and q.url == f"file://{tmp_path}/abs" and (tmp_path / "abs").is_dir()
+    monkeypatch.chdir(tmp_path)
+    relative = open_queue("plain/path")
+    relative.publish([event(1)])
+    assert len(open_queue("file://plain/path").receive().events) == 0  # not flushed: nothing was written
+    monkeypatch.chdir(tmp_path / "abs")  # the queue stays where it was opened
+    relative.close()
+    assert len(open_queue(str(tmp_path / "plain" / "path")).receive().events) == 1
+    s3 = open_queue("s3://bucket/prefix")  # nothing is contacted until used
+    assert s3.url == "s3://bucket/prefix"
+    for url, message in [("gopher://x/y", "unsupported URL scheme 'gopher'"), ("", "empty"),
+                         ("file://", "names no folder"), ("file:///tmp/q?x=1", "query")]:
+        with pytest.raises(QueueError, match=message):
+            open_queue(url)
     (tmp_path / "f").write_text("x")
     with pytest.raises(QueueError, match="cannot use"):
-        FileQueue(tmp_path / "f")
+        open_queue(str(tmp_path / "f"))
+    with pytest.raises(QueueError, match="batch size"):
+        open_queue(str(tmp_path / "q"), batch_events=0)
+
+
+def test_ack_rejects_foreign_tokens(tmp_path: Path) -> None:
+    with pytest.raises(QueueError, match="does not belong"):
+        open_queue(str(tmp_path)).ack(Batch(events=(), token=("../escape.json",)))  # type: ignore[arg-type]
+
+
+class _FailingPuts:
+    """Wraps a store so that its first ``fail`` puts raise TransientStoreError (an S3 answering 503)."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+
+    def wrap(self, store: ObjectStore) -> ObjectStore:
+        outer = self
+
+        class Failing:
+            url = store.url
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
+
+            def put(self, key: str, data: bytes, **conditions: Any) -> str:
+                if outer.fail > 0:
+                    outer.fail -= 1
+                    raise TransientStoreError(f"{store.url}: S3 answered 503 SlowDown")
+                return store.put(key, data, **conditions)
+
+        return Failing()  # type: ignore[return-value]

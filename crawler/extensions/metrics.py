@@ -33,7 +33,9 @@ _SIMPLE_COUNTERS = (
     ("refwatch_refs_read", "References read from snapshots.", "refwatch/refs_read"),
     ("refwatch_bad_records", "Corrupt snapshot records skipped.", "refwatch/bad_records"),
     ("refwatch_response_bytes", "Bytes of response bodies hashed.", "refwatch/response_bytes"),
-    ("refwatch_events_published", "Match events published to the queue.", "refwatch/events_published"),
+    ("refwatch_events_published", "Match events written to the queue.", "refwatch/events_published"),
+    ("refwatch_queue_batches_written", "Event batch objects written to the queue.", "refwatch/queue/batches_written"),
+    ("refwatch_queue_errors", "Failed queue writes (each one retried).", "refwatch/queue/errors"),
 )
 
 

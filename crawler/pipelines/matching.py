@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
+from scrapy.utils.defer import maybe_deferred_to_future
 
-from crawler.eventqueue import EventQueue, open_queue
 from crawler.events import events_for
 from crawler.hashlist import load_hashlists
 from crawler.items import OutcomeItem
+from crawler.pipelines.eventpublisher import EventPublisher
 
 if TYPE_CHECKING:
     from crawler.matching import Matcher
@@ -27,7 +28,7 @@ class MatchPipeline:
     def __init__(self, crawler: Crawler, matcher: Matcher) -> None:
         self.crawler = crawler
         self.matcher = matcher
-        self.queue: EventQueue | None = None
+        self.queue: EventPublisher | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> MatchPipeline:
@@ -48,11 +49,11 @@ class MatchPipeline:
         return cls(crawler, matcher)
 
     def open_spider(self) -> None:
-        self.queue = open_queue(self.crawler.spider.run.queue_url)  # type: ignore[union-attr]
+        self.queue = EventPublisher(self.crawler, self.crawler.spider.run.queue_url)  # type: ignore[union-attr]
 
-    def close_spider(self) -> None:
+    async def close_spider(self) -> None:
         if self.queue is not None:
-            self.queue.close()
+            await maybe_deferred_to_future(self.queue.close())  # closed in a thread: the reactor runs on
 
     def process_item(self, item: OutcomeItem) -> OutcomeItem:
         if item.md5 is None:
@@ -71,6 +72,5 @@ class MatchPipeline:
                         item.run_id, item.ref_id, m.list_name, m.algorithm, m.distance)
             logger.debug("match detail: url %s entry %s", item.url, m.entry_id)
         events = events_for(item.run_id, item.ref_id, item.url, item.page_url, matches)
-        published = self.queue.publish(events)
-        stats.inc_value("refwatch/events_published", published)
+        self.queue.publish(events)  # refwatch/events_published counts them once written
         return item
