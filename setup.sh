@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEBIAN_PACKAGES=(prometheus)  # promtool checks the /metrics exposition in the tests
+# prometheus: promtool checks the /metrics exposition in the tests;
+# chromium: headless Chromium renders the report's HTML page in tests/test_report.py;
+# prometheus-pushgateway: tests/test_batchmetrics.py pushes end-of-run metrics to a real one on loopback
+DEBIAN_PACKAGES=(prometheus chromium prometheus-pushgateway)
 
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
