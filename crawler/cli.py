@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crawler import __version__
+from crawler.export_cli import add_export_command, cmd_export
 from crawler.hashlist_cli import add_hashlist_commands, cmd_hashlist
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -33,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crawl = commands.add_parser("crawl", help="replay snapshots: fetch, hash in memory, classify, match")
-    crawl.add_argument("snapshots", nargs="+", metavar="SNAPSHOT",
-                       help="Parquet/CSV/TSV/JSONL URL table (optionally .gz), WAT or WARC file")
+    crawl.add_argument("snapshots", nargs="*", metavar="SNAPSHOT",
+                       help="Parquet/CSV/TSV/JSONL URL table (optionally .gz), WAT or WARC file "
+                            "(with --recheck: default, the re-checked run's snapshot)")
     _add_crawl_options(crawl)
 
     refs = commands.add_parser("refs", help="list the references snapshots yield, without fetching")
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_queue_options(stats)
 
     add_hashlist_commands(commands)
+    add_export_command(commands)
     demo = commands.add_parser("demo", help="a self-contained demo on a sample web on loopback")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
@@ -90,6 +93,16 @@ def _positive(kind: type[int | float]) -> Any:
         return value
 
     return parse
+
+
+def _groups(text: str) -> list[str]:
+    from crawler.outcomes import OUTCOME_GROUPS
+
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in OUTCOME_GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(f"expected groups among {', '.join(OUTCOME_GROUPS)}: {text!r}")
+    return groups
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -130,6 +143,16 @@ def _add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--recheck", default=None, metavar="RUN",
+                   help="replay only some references of the earlier run RUN (in --out); the rest are carried over")
+    p.add_argument("--only", type=_groups, default=None, metavar="GROUP[,GROUP]",
+                   help="with --recheck: dead, failed, placeholder (default failed)")
+    p.add_argument("--placeholders", default=None, metavar="FILE",
+                   help="your known placeholder pictures (kind,value lines), beside the shipped list")
+    p.add_argument("--metrics-textfile", default=None, metavar="PATH",
+                   help="at the end, write the run's gauges for node_exporter's textfile collector (*.prom)")
+    p.add_argument("--pushgateway", default=None, metavar="URL",
+                   help="at the end, push the run's gauges to this Prometheus Pushgateway")
     p.add_argument("-s", "--set", action="append", type=_setting, default=[], metavar="NAME=VALUE",
                    help="set any setting, as scrapy crawl -s does (e.g. REFWATCH_QUEUE_BATCH_EVENTS=100)")
 
@@ -159,6 +182,11 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
         "REFWATCH_MAX_PIXELS": args.max_pixels,
         "USER_AGENT": args.user_agent,
         "LOG_LEVEL": args.log_level,
+        "REFWATCH_RECHECK_RUN": args.recheck,
+        "REFWATCH_RECHECK_ONLY": args.only,
+        "REFWATCH_PLACEHOLDERS": args.placeholders,
+        "REFWATCH_METRICS_TEXTFILE": args.metrics_textfile,
+        "REFWATCH_PUSHGATEWAY": args.pushgateway,
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     if args.radius:
@@ -211,7 +239,16 @@ def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None
 def cmd_crawl(args: argparse.Namespace) -> int:
     from crawler.runner import project_settings, run_crawl
 
+    from crawler.batchmetrics import check_targets, export_run_metrics
+    from crawler.history import read_manifest
+
+    if args.only and not args.recheck:
+        raise _BadInput("--only goes with --recheck RUN")
     settings = project_settings(crawl_settings(args))
+    try:
+        check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
     _check_queue(settings)
     result = run_crawl(settings)
     if args.json:
@@ -219,7 +256,12 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     else:
         print_summary(result.summary, result.run_dir, result.queue_url)
     ok = result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
-    return EXIT_OK if ok else EXIT_FAILED
+    try:
+        manifest = read_manifest(Path(result.run_dir))
+    except ValueError:
+        manifest = None
+    problems = export_run_metrics(settings, result.summary, manifest)  # failures are logged there
+    return EXIT_OK if ok and not problems else EXIT_FAILED
 
 
 def _check_queue(settings: Any) -> None:
@@ -368,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "demo": cmd_demo}
     handlers["hashlist"] = cmd_hashlist
+    handlers["export-clean"] = cmd_export
     try:
         return handlers[args.command](args)
     except (InputError, SnapshotError, HashListError, QueueError, StoreError, _BadInput) as exc:

@@ -171,3 +171,42 @@ def test_drift_and_placeholders_over_three_runs(web: SampleWeb, tmp_path: Path) 
         assert (row["outcome"], row["placeholder_reason"]) == ("placeholder", "same_redirect_target")
         assert row["final_url"].endswith("/removed.png")
     assert {row["domain"] for row in runs[0].values()} == {"127.0.0.1"}
+
+
+def test_recheck_replays_only_what_failed_and_carries_the_rest(web: SampleWeb, tmp_path: Path) -> None:
+    refs = [("fine", web.url("/epoch/fine/71.jpg?plan=img,404")),  # would die, but is not re-checked
+            ("back", web.url("/epoch/back/72.jpg?plan=404,img")),  # dead, then back
+            ("still", web.url("/epoch/still/73.jpg?plan=404,404")),
+            ("slow", web.url("/status/503"))]  # failed but not dead: left out by --only dead
+    snapshot = write_snapshot(tmp_path / "s.csv", refs)
+    out = tmp_path / "out"
+    common = ("--out", str(out), "--json", "--no-progress", "--allow-private-networks", "--timeout", "5",
+              "--retries", "0")
+    web.epoch = 0
+    first = run_refwatch("crawl", str(snapshot), "--run-id", "full", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    web.epoch = 1
+    before = dict(web.hits)
+    textfile = tmp_path / "node" / "refwatch.prom"
+    textfile.parent.mkdir()
+    again = run_refwatch("crawl", "--recheck", "full", "--only", "dead", "--run-id", "re", *common,
+                         "--metrics-textfile", str(textfile))
+    web.epoch = 0
+    assert again.returncode == 0, again.stderr[-3000:]
+    fetched = {path for path, count in web.hits.items() if count > before.get(path, 0)}
+    assert fetched == {"/epoch/back/72.jpg", "/epoch/still/73.jpg"}  # the snapshot came from the manifest
+    rows = {row["ref_id"]: row for row in read_rows(out / "runs" / "re")}
+    assert {ref: (row["outcome"], row["carried_from"]) for ref, row in rows.items()} == {
+        "back": ("ok", None), "still": ("not_found", None), "fine": ("ok", "full"), "slow": ("server_error", "full")}
+    assert rows["back"]["drift"] == "new" and {row["run_id"] for row in rows.values()} == {"re"}
+    manifest = json.loads((out / "runs" / "re" / "manifest.json").read_text())
+    assert (manifest["recheck_of"], manifest["only"]) == ("full", ["dead"])
+    gauges = textfile.read_text()
+    assert f'refwatch_run_drift{{drift="new",series="{manifest["series"]}"}} 1.0' in gauges
+    assert json.loads(again.stdout)["carried_rows"] == 2
+
+    other = write_snapshot(tmp_path / "other.csv", refs[:1])
+    refused = run_refwatch("crawl", str(other), "--recheck", "full", "--run-id", "x", *common)
+    assert refused.returncode == 2 and "not the one run full replayed" in refused.stderr
+    unknown = run_refwatch("crawl", "--recheck", "nope", "--run-id", "y", *common)
+    assert unknown.returncode == 2 and "no finished run 'nope'" in unknown.stderr

@@ -15,7 +15,11 @@ from typing import Any
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 
+from crawler.drift import Drift
 from crawler.outcomes import Outcome
+
+DRIFT_WORDS = tuple(word.value for word in Drift)
+PLACEHOLDER_REASONS = ("known_url", "known_hash", "same_redirect_target", "same_content")
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "outcomes": outcomes,
         "matched_references": int(stats.get("refwatch/matched_references", 0)),
         "matches": matches,
+        "drift": {word: int(stats.get(f"refwatch/drift/{word}", 0)) for word in DRIFT_WORDS},
+        "placeholders": {reason: int(stats.get(f"refwatch/placeholders/{reason}", 0)) for reason in PLACEHOLDER_REASONS},
+        "match_sources": {source: int(stats.get(f"refwatch/match_sources/{source}", 0))
+                          for source in ("live", "recorded", "both")},
+        "carried_rows": int(stats.get("refwatch/carried_rows", 0)),
         "events_published": int(stats.get("refwatch/events_published", 0)),
         "events_unwritten": int(stats.get("refwatch/queue/unwritten_events", 0)),
         "queue_batches_written": int(stats.get("refwatch/queue/batches_written", 0)),
