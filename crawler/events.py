@@ -87,9 +87,15 @@ class MatchEvent:
         return cls(**fields)
 
 
-def make_event_id(run_id: str, url: str, list_name: str, algorithm: str, matched_hash: str) -> str:
-    """Deterministic id: the same inputs always give the same id, so a retry never makes a second event."""
-    key = "\x1f".join((run_id, url, list_name, algorithm, matched_hash))
+def make_event_id(run_id: str, url: str, list_name: str, algorithm: str, matched_hash: str,
+                  source: str = "live") -> str:
+    """Deterministic id: the same inputs always give the same id, so a retry never makes a second event.
+
+    A match of the snapshot's recorded hash (``source="recorded"``) is another event than the same hash
+    matched from live bytes; live ids are what they were before sources existed.
+    """
+    parts = (run_id, url, list_name, algorithm, matched_hash) + (() if source == "live" else (source,))
+    key = "\x1f".join(parts)
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -116,15 +122,18 @@ def events_for(
     page_url: str | None,
     matches: Iterable[Match],
     detected_at: datetime | None = None,
+    source: str = "live",
 ) -> list[MatchEvent]:
-    """The events for one fetched image's matches, all stamped with one time (now if not given).
+    """The events for one reference's matches, all stamped with one time (now if not given).
 
-    Matches sharing an event id (two entries of one list with the same hash) give one event, the first.
+    ``source`` says where the matched hash came from: ``live`` (the bytes fetched now) or ``recorded`` (the
+    hash the snapshot recorded when it was made). Matches sharing an event id (two entries of one list
+    with the same hash) give one event, the first.
     """
     stamp = format_utc(detected_at if detected_at is not None else datetime.now(UTC))
     events: dict[str, MatchEvent] = {}
     for match in matches:
-        event_id = make_event_id(run_id, url, match.list_name, match.algorithm, match.matched_hash)
+        event_id = make_event_id(run_id, url, match.list_name, match.algorithm, match.matched_hash, source)
         if event_id in events:
             continue
         events[event_id] = MatchEvent(
@@ -141,5 +150,6 @@ def events_for(
             observed_hash=match.observed_hash,
             matched_hash=match.matched_hash,
             detected_at=stamp,
+            source=source,
         )
     return list(events.values())

@@ -210,3 +210,39 @@ def test_recheck_replays_only_what_failed_and_carries_the_rest(web: SampleWeb, t
     assert refused.returncode == 2 and "not the one run full replayed" in refused.stderr
     unknown = run_refwatch("crawl", "--recheck", "nope", "--run-id", "y", *common)
     assert unknown.returncode == 2 and "no finished run 'nope'" in unknown.stderr
+
+
+def test_recorded_hashes_are_matched_too(web: SampleWeb, tmp_path: Path) -> None:
+    """The snapshot's recorded md5 is matched like a live hash: events with source "recorded", and the run says
+    which references matched from live bytes, from the recorded hash only, or both."""
+    import csv
+
+    from crawler.hashing import hash_bytes
+    from tests.test_crawl_e2e import LISTED_SEED, write_hashlist
+
+    listed_md5 = hash_bytes(web.image_bytes(LISTED_SEED)).md5
+    snapshot = tmp_path / "s.csv"
+    with snapshot.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "url", "md5"])
+        writer.writerow(["both", web.url(f"/img/{LISTED_SEED}.jpg"), listed_md5])
+        writer.writerow(["recorded-only", web.url("/status/404"), listed_md5])
+        writer.writerow(["live-only", web.url(f"/img/{LISTED_SEED}.jpg"), ""])
+        writer.writerow(["neither", web.url("/img/5.jpg"), "0" * 32])
+    hashlist = write_hashlist(tmp_path / "known.csv", web)
+    out = tmp_path / "out"
+    done = run_refwatch("crawl", str(snapshot), "--hashlist", f"known={hashlist}", "--out", str(out),
+                        "--run-id", "r", "--json", "--no-progress", "--allow-private-networks")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["match_sources"] == {"live": 1, "recorded": 1, "both": 1}
+    assert summary["recorded_matches"] == {"known": {"md5": 2}}
+    rows = {row["ref_id"]: row for row in read_rows(out / "runs" / "r")}
+    assert {ref: (row["matched"], row["recorded_matched"]) for ref, row in rows.items()} == {
+        "both": (True, True), "recorded-only": (False, True), "live-only": (True, False), "neither": (False, False)}
+    drained = run_refwatch("queue", "drain", "--queue", f"file://{out}/queue", "--json")
+    events = [json.loads(line) for line in drained.stdout.splitlines()]
+    recorded = sorted(e["ref_id"] for e in events if e["source"] == "recorded")
+    assert recorded == ["both", "recorded-only"]
+    assert all(e["algorithm"] == "md5" and e["observed_hash"] == listed_md5 for e in events if e["source"] == "recorded")
+    assert len({e["event_id"] for e in events}) == len(events)

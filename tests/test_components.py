@@ -83,7 +83,7 @@ def test_metrics_mirror_stats_with_bounded_labels() -> None:
     assert value("refwatch_fetches_total", {"outcome": "ok"}) == 3
     assert value("refwatch_fetches_total", {"outcome": "not_found"}) == 1
     assert value("refwatch_fetches_total", {"outcome": "timeout"}) == 0
-    assert value("refwatch_matches_total", {"list": "known", "algorithm": "pdq"}) == 2
+    assert value("refwatch_matches_total", {"list": "known", "algorithm": "pdq", "source": "live"}) == 2
     assert value("refwatch_refs_read_total") == 5
     assert value("refwatch_fetch_duration_seconds_count") == 1
     assert value("refwatch_fetch_duration_seconds_sum") == pytest.approx(0.12)

@@ -51,12 +51,14 @@ class StatsCollector(Collector):
         for outcome in Outcome:
             fetches.add_metric([outcome.value], stats.get(f"refwatch/outcome/{outcome.value}", 0))
         yield fetches
-        matches = CounterMetricFamily("refwatch_matches", "Hash-list matches, by list and algorithm.",
-                                      labels=["list", "algorithm"])
-        for key, value in sorted(stats.items()):
-            if key.startswith("refwatch/matches/"):
-                list_name, algorithm = key[len("refwatch/matches/"):].rsplit("/", 1)
-                matches.add_metric([list_name, algorithm], value)
+        matches = CounterMetricFamily(
+            "refwatch_matches", "Hash-list matches, by list, algorithm and where the hash came from (live bytes, "
+            "or the hash the snapshot recorded).", labels=["list", "algorithm", "source"])
+        for prefix, source in (("refwatch/matches/", "live"), ("refwatch/recorded_matches/", "recorded")):
+            for key, value in sorted(stats.items()):
+                if key.startswith(prefix):
+                    list_name, algorithm = key[len(prefix):].rsplit("/", 1)
+                    matches.add_metric([list_name, algorithm, source], value)
         yield matches
         for name, documentation, key in _SIMPLE_COUNTERS:
             yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))

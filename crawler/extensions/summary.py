@@ -27,11 +27,8 @@ logger = logging.getLogger(__name__)
 def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], finished_at: datetime) -> dict[str, Any]:
     """The run's summary: counts per outcome, matches per list and algorithm, timings and rate."""
     outcomes = {o.value: int(stats.get(f"refwatch/outcome/{o.value}", 0)) for o in Outcome}
-    matches: dict[str, dict[str, int]] = {}
-    for key, value in sorted(stats.items()):
-        if key.startswith("refwatch/matches/"):
-            list_name, algorithm = key[len("refwatch/matches/"):].rsplit("/", 1)
-            matches.setdefault(list_name, {})[algorithm] = int(value)
+    matches = _per_list(stats, "refwatch/matches/")
+    recorded_matches = _per_list(stats, "refwatch/recorded_matches/")
     started_at: datetime = stats.get("start_time") or finished_at
     if started_at.tzinfo is None:
         started_at = started_at.replace(tzinfo=UTC)
@@ -50,6 +47,8 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "outcomes": outcomes,
         "matched_references": int(stats.get("refwatch/matched_references", 0)),
         "matches": matches,
+        "recorded_matched_references": int(stats.get("refwatch/recorded_matched_references", 0)),
+        "recorded_matches": recorded_matches,
         "drift": {word: int(stats.get(f"refwatch/drift/{word}", 0)) for word in DRIFT_WORDS},
         "placeholders": {reason: int(stats.get(f"refwatch/placeholders/{reason}", 0)) for reason in PLACEHOLDER_REASONS},
         "match_sources": {source: int(stats.get(f"refwatch/match_sources/{source}", 0))
@@ -64,6 +63,16 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "response_bytes": int(stats.get("refwatch/response_bytes", 0)),
         "finish_reason": stats.get("finish_reason"),
     }
+
+
+def _per_list(stats: dict[str, Any], prefix: str) -> dict[str, dict[str, int]]:
+    """``{list: {algorithm: count}}`` from the stats keys ``PREFIX<list>/<algorithm>``."""
+    found: dict[str, dict[str, int]] = {}
+    for key, value in sorted(stats.items()):
+        if key.startswith(prefix):
+            list_name, algorithm = key[len(prefix):].rsplit("/", 1)
+            found.setdefault(list_name, {})[algorithm] = int(value)
+    return found
 
 
 class SummaryExtension:

@@ -19,7 +19,7 @@ from crawler.items import OutcomeItem
 from crawler.pipelines.eventpublisher import EventPublisher
 
 if TYPE_CHECKING:
-    from crawler.matching import Matcher
+    from crawler.matching import Match, Matcher
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +56,44 @@ class MatchPipeline:
             await maybe_deferred_to_future(self.queue.close())  # closed in a thread: the reactor runs on
 
     def process_item(self, item: OutcomeItem) -> OutcomeItem:
-        if item.md5 is None:
-            return item
-        matches = self.matcher.match(item.hashes(), pdq_quality=item.pdq_quality, pdq_dihedral=item.pdq_dihedral)
-        if not matches:
-            return item
-        item.matched = True
-        item.match_count = len(matches)
+        live = self._live_matches(item) if item.md5 is not None else []
+        recorded = self._recorded_matches(item)
+        item.matched = bool(live)
+        item.match_count = len(live)
+        item.recorded_matched = bool(recorded)
+        if live or recorded:
+            source = "both" if live and recorded else "live" if live else "recorded"
+            stats = self.crawler.stats
+            assert stats is not None
+            stats.inc_value(f"refwatch/match_sources/{source}")
+        for matches, source in ((live, "live"), (recorded, "recorded")):
+            if matches:
+                self._publish(item, matches, source)
+        return item
+
+    def _live_matches(self, item: OutcomeItem) -> list[Match]:
+        return self.matcher.match(item.hashes(), pdq_quality=item.pdq_quality, pdq_dihedral=item.pdq_dihedral)
+
+    def _recorded_matches(self, item: OutcomeItem) -> list[Match]:
+        """Matches of the hashes the snapshot recorded (LAION's md5 sidecars): the audit of a reference that
+        may be dead now, and the audits' undercount accounting."""
+        recorded = {"md5": item.recorded_md5, "sha256": item.recorded_sha256, "phash": item.recorded_phash}
+        if not any(recorded.values()):
+            return []
+        return self.matcher.match(recorded)
+
+    def _publish(self, item: OutcomeItem, matches: list[Match], source: str) -> None:
         stats = self.crawler.stats
         assert stats is not None and self.queue is not None
-        stats.inc_value("refwatch/matched_references")
+        if source == "live":
+            stats.inc_value("refwatch/matched_references")
+        else:
+            stats.inc_value("refwatch/recorded_matched_references")
         for m in matches:
-            stats.inc_value(f"refwatch/matches/{m.list_name}/{m.algorithm}")
-            logger.info("match: run %s ref %s list %s %s distance %d",
-                        item.run_id, item.ref_id, m.list_name, m.algorithm, m.distance)
+            prefix = "refwatch/matches" if source == "live" else "refwatch/recorded_matches"
+            stats.inc_value(f"{prefix}/{m.list_name}/{m.algorithm}")
+            logger.info("match: run %s ref %s list %s %s distance %d (%s)",
+                        item.run_id, item.ref_id, m.list_name, m.algorithm, m.distance, source)
             logger.debug("match detail: url %s entry %s", item.url, m.entry_id)
-        events = events_for(item.run_id, item.ref_id, item.url, item.page_url, matches)
+        events = events_for(item.run_id, item.ref_id, item.url, item.page_url, matches, source=source)
         self.queue.publish(events)  # refwatch/events_published counts them once written
-        return item
