@@ -250,11 +250,12 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _BadInput(str(exc)) from None
     _check_queue(settings)
+    _check_out(settings)
     result = run_crawl(settings)
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
-        print_summary(result.summary, result.run_dir, result.queue_url)
+        print_summary(result.summary, result.run_location or result.run_dir, result.queue_url)
     ok = result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
     try:
         manifest = read_manifest(Path(result.run_dir))
@@ -262,6 +263,16 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         manifest = None
     problems = export_run_metrics(settings, result.summary, manifest)  # failures are logged there
     return EXIT_OK if ok and not problems else EXIT_FAILED
+
+
+def _check_out(settings: Any) -> None:
+    """Reach an s3:// output before crawling: a wrong bucket, endpoint or credentials is bad input (exit 2)."""
+    from crawler.remote import check_remote, is_remote
+    from crawler.run import store_options
+
+    out = settings.get("REFWATCH_OUT")
+    if is_remote(out):
+        check_remote(out, store_options(settings))
 
 
 def _check_queue(settings: Any) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crawler.history import Manifest, describe_snapshots, parameters_for_manifest, series_id, write_manifest
+from crawler.remote import RemoteOutputs, is_remote, staging_dir
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -24,9 +25,31 @@ def new_run_id(now: datetime | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
+    """Where a run's outputs go: ``out_dir`` locally, and with ``remote`` also an object store (``--out s3://``),
+    ``out_dir`` then being its staging copy (``crawler.remote``)."""
+
     run_id: str
     out_dir: Path
     queue_url: str
+    remote: RemoteOutputs | None = None
+    out_url: str | None = None
+
+    def publish(self, path: Path) -> None:
+        """A file of this run is complete: upload it when the output is remote (nothing to do locally)."""
+        if self.remote is not None:
+            self.remote.upload(path)
+
+    def pull(self, prefix: str) -> None:
+        """Make the output's files under ``prefix`` (e.g. an earlier run's) present locally."""
+        if self.remote is not None:
+            self.remote.pull(prefix)
+
+    @property
+    def run_location(self) -> str:
+        """The run's folder as the user named the output: a path, or an s3:// URL."""
+        if self.out_url is not None:
+            return f"{self.out_url.rstrip('/')}/runs/{self.run_id}"
+        return str(self.run_dir)
 
     @property
     def run_dir(self) -> Path:
@@ -41,10 +64,30 @@ class RunContext:
         return self.run_dir / "summary.json"
 
 
-def run_context(out: str | os.PathLike[str], run_id: str | None, queue_url: str | None) -> RunContext:
+def run_context(out: str | os.PathLike[str], run_id: str | None, queue_url: str | None,
+                settings: Any = None) -> RunContext:
+    """The run's outputs: ``out`` a folder or ``s3://BUCKET/PREFIX`` (then ``settings`` give the S3 options
+    and ``REFWATCH_STAGING_DIR``); the queue defaults to ``OUT/queue`` in either case."""
+    if is_remote(out):
+        out_url = str(out)
+        options = store_options(settings)
+        staging = staging_dir(out_url, settings.get("REFWATCH_STAGING_DIR") if settings is not None else None)
+        remote = RemoteOutputs.open(out_url, staging, options)
+        queue = queue_url or f"{out_url.rstrip('/')}/queue"
+        return RunContext(run_id=run_id or new_run_id(), out_dir=staging, queue_url=queue, remote=remote,
+                          out_url=out_url)
     out_dir = Path(out)
     queue = queue_url or f"file://{(out_dir / 'queue').resolve()}"
     return RunContext(run_id=run_id or new_run_id(), out_dir=out_dir, queue_url=queue)
+
+
+def store_options(settings: Any) -> dict[str, Any]:
+    """S3 endpoint and encryption from the ``REFWATCH_S3_*`` settings (none when ``settings`` is None)."""
+    if settings is None:
+        return {}
+    return {"endpoint_url": settings.get("REFWATCH_S3_ENDPOINT_URL") or None,
+            "sse": settings.get("REFWATCH_S3_SSE") or None,
+            "sse_kms_key_id": settings.get("REFWATCH_S3_SSE_KMS_KEY_ID") or None}
 
 
 def utc_now() -> str:
@@ -60,6 +103,7 @@ def start_manifest(run: RunContext, settings: Any) -> Manifest:
                         recheck_of=settings.get("REFWATCH_RECHECK_RUN"),
                         only=settings.getlist("REFWATCH_RECHECK_ONLY") or None)
     write_manifest(run.run_dir, manifest)
+    run.publish(run.run_dir / "manifest.json")
     return manifest
 
 
@@ -67,6 +111,7 @@ def finish_manifest(run: RunContext, manifest: Manifest) -> None:
     manifest.finished_at = utc_now()
     manifest.status = "finished"
     write_manifest(run.run_dir, manifest)
+    run.publish(run.run_dir / "manifest.json")
 
 
 def placeholder_rules(settings: Any) -> Any:

@@ -28,8 +28,9 @@ class InputError(Exception):
 @dataclass(frozen=True)
 class CrawlResult:
     summary: dict[str, Any]
-    run_dir: str
+    run_dir: str  # local: the output folder's, or the staging copy of an s3:// output
     queue_url: str
+    run_location: str = ""  # as the user named it: a folder or an s3:// URL
 
 
 def project_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -67,13 +68,14 @@ def check_inputs(settings: Settings) -> None:
 def prepare_recheck(settings: Settings) -> None:
     """Check a ``--recheck RUN``: the run exists and finished, its groups are known, and the snapshot is its
     snapshot (by checksum); with no snapshot given, replay the run's own snapshot files."""
-    from pathlib import Path
 
     from crawler.history import describe_snapshots, read_manifest, series_id
     from crawler.recheck import RecheckError, outcome_words
 
     recheck = settings.get("REFWATCH_RECHECK_RUN")
-    run_dir = Path(settings.get("REFWATCH_OUT")) / "runs" / recheck
+    out = run_context(settings.get("REFWATCH_OUT"), recheck, None, settings)
+    out.pull(f"runs/{recheck}/")
+    run_dir = out.run_dir
     try:
         outcome_words(settings.getlist("REFWATCH_RECHECK_ONLY") or ["failed"])
         manifest = read_manifest(run_dir)
@@ -103,7 +105,8 @@ def run_crawl(settings: Settings) -> CrawlResult:
     if not settings.getlist("REFWATCH_SNAPSHOTS"):
         raise InputError("no snapshot given")
     check_inputs(settings)
-    run = run_context(settings.get("REFWATCH_OUT"), settings.get("REFWATCH_RUN_ID"), settings.get("REFWATCH_QUEUE"))
+    run = run_context(settings.get("REFWATCH_OUT"), settings.get("REFWATCH_RUN_ID"), settings.get("REFWATCH_QUEUE"),
+                      settings)
     # Fix the run id and queue now, so that every component and the caller agree on them.
     settings.set("REFWATCH_RUN_ID", run.run_id, priority="cmdline")
     settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
@@ -116,4 +119,5 @@ def run_crawl(settings: Settings) -> CrawlResult:
     if not summary_path.exists():
         raise RuntimeError(f"the crawl ended without writing {summary_path}; see the log above")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url)
+    return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url,
+                       run_location=run.run_location)

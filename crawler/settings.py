@@ -16,6 +16,7 @@ NEWSPIDER_MODULE = "spiders"
 # --- refwatch ------------------------------------------------------------------------------------------
 REFWATCH_SNAPSHOTS: list[str] = []  # snapshot files to replay (the CLI's positional arguments)
 REFWATCH_OUT = "./refwatch-data"  # runs/<run_id>/{outcomes/*.parquet,summary.json} go here
+REFWATCH_STAGING_DIR: str | None = None  # with an s3:// REFWATCH_OUT: the local staging copy (default: temp folder)
 REFWATCH_RUN_ID: str | None = None  # None: a new id from the start time; the same id redoes (overwrites) a run
 REFWATCH_QUEUE: str | None = None  # None: file://<REFWATCH_OUT>/queue
 REFWATCH_QUEUE_BATCH_EVENTS = 500  # events per queue batch object...

@@ -60,9 +60,11 @@ class ReplaySpider(scrapy.Spider):
             settings.get("REFWATCH_OUT"),
             spider._run_id_arg or settings.get("REFWATCH_RUN_ID"),
             settings.get("REFWATCH_QUEUE"),
+            settings,
         )
         recheck = settings.get("REFWATCH_RECHECK_RUN")
         if recheck:
+            spider.run.pull(f"runs/{recheck}/")
             spider.only_refs = recheck_selection(spider.run.out_dir / "runs" / recheck,
                                                  settings.getlist("REFWATCH_RECHECK_ONLY"))
             spider.total = len(spider.only_refs)

@@ -246,3 +246,40 @@ def test_recorded_hashes_are_matched_too(web: SampleWeb, tmp_path: Path) -> None
     assert recorded == ["both", "recorded-only"]
     assert all(e["algorithm"] == "md5" and e["observed_hash"] == listed_md5 for e in events if e["source"] == "recorded")
     assert len({e["event_id"] for e in events}) == len(events)
+
+
+def test_outputs_on_s3(web: SampleWeb, s3_server, tmp_path: Path) -> None:
+    """``--out s3://BUCKET/PREFIX``: the run's parts, manifest and summary land in S3 (the queue beside them by
+    default); a second run on another machine (another staging folder) finds the first and computes drift;
+    a redo with the same run id leaves no stale part."""
+    bucket = s3_server.new_bucket()
+    out = f"s3://{bucket}/audits/laion"
+    refs = [("a", web.url("/epoch/s3a/81.jpg?plan=img,near")), ("b", web.url("/epoch/s3b/82.jpg?plan=img,img"))]
+    snapshot = write_snapshot(tmp_path / "s.csv", refs)
+
+    def crawl(run_id: str, staging: str, *extra: str):
+        done = run_refwatch("crawl", str(snapshot), "--out", out, "--run-id", run_id, "--s3-endpoint-url",
+                            s3_server.endpoint, "--json", "--no-progress", "--allow-private-networks",
+                            "-s", f"REFWATCH_STAGING_DIR={tmp_path / staging}", *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    def keys() -> list[str]:
+        listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="audits/laion/runs/")
+        return sorted(o["Key"][len("audits/laion/"):] for o in listed.get("Contents", []))
+
+    web.epoch = 0
+    crawl("one", "machine-a", "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=1")  # two parts
+    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-00000.parquet",
+                      "runs/one/outcomes/part-00001.parquet", "runs/one/summary.json"]
+    crawl("one", "machine-a")  # a redo writes one part: the second is stale and goes
+    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-00000.parquet", "runs/one/summary.json"]
+    web.epoch = 1
+    summary = crawl("two", "machine-b")
+    web.epoch = 0
+    assert summary["drift"]["near"] == 1 and summary["drift"]["same"] == 1
+    body = s3_server.client().get_object(Bucket=bucket, Key="audits/laion/runs/two/manifest.json")["Body"].read()
+    assert json.loads(body)["status"] == "finished"
+    bad = run_refwatch("crawl", str(snapshot), "--out", "s3://no-such-bucket-here/x", "--s3-endpoint-url",
+                       s3_server.endpoint, "--no-progress", "--allow-private-networks")
+    assert bad.returncode == 2 and "no-such-bucket-here" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -97,5 +97,6 @@ class SummaryExtension:
         tmp = run.summary_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, run.summary_path)
+        run.publish(run.summary_path)
         logger.info("run %s: %d references, %d alive, %d matched, %.1f refs/s", run.run_id, summary["references"],
                     summary["alive"], summary["matched_references"], summary["refs_per_second"])

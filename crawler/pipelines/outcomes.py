@@ -109,6 +109,8 @@ class OutcomeWriterPipeline:
 
     def open_spider(self) -> None:
         run = self.crawler.spider.run  # type: ignore[union-attr]
+        if run.remote is not None:
+            run.remote.pull_manifests()  # the output's runs, to find this run's series when it ends
         self._manifest = start_manifest(run, self.crawler.settings)
         self._dir = run.outcomes_dir
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,8 @@ class OutcomeWriterPipeline:
         stats = self.crawler.stats
         assert stats is not None and self._manifest is not None
         earlier = series_runs(run.out_dir, self._manifest.series, before=run.run_id)
+        for m in earlier:
+            run.pull(f"runs/{m.run_id}/outcomes/")  # drift compares with them (a no-op for a local output)
         result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
                               placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8))
         for reason, count in result.placeholders.items():
@@ -157,6 +161,11 @@ class OutcomeWriterPipeline:
         recheck = settings.get("REFWATCH_RECHECK_RUN")
         if recheck:  # the rows this partial run did not fetch, copied from the run it re-checks
             stats.set_value("refwatch/carried_rows", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
+        if run.remote is not None:  # the finished parts replace what was uploaded while crawling
+            parts = sorted(run.outcomes_dir.glob("part-*.parquet"))
+            for part in parts:
+                run.publish(part)
+            run.remote.delete_stale(f"runs/{run.run_id}/outcomes/", {run.remote.key(part) for part in parts})
         finish_manifest(run, self._manifest)
 
     def _flush(self) -> None:
@@ -168,4 +177,8 @@ class OutcomeWriterPipeline:
         path = self._dir / f"part-{self._parts:05d}.parquet"
         self._parts += 1
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        self._pending.append(self._executor.submit(write_part, path, rows))
+        self._pending.append(self._executor.submit(self._write_and_publish, path, rows))
+
+    def _write_and_publish(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        write_part(path, rows)
+        self.crawler.spider.run.publish(path)  # type: ignore[union-attr]  # uploaded whole, as soon as written
