@@ -48,7 +48,7 @@ PUSHGATEWAY_JOB_SETTING: Final = "REFWATCH_PUSHGATEWAY_JOB"  # the job label (de
 DEFAULT_JOB: Final = "refwatch"
 PUSH_TIMEOUT: Final = 10.0  # seconds; a dead Pushgateway must not hold a cron job for long
 LAST_SUCCESS: Final = "refwatch_run_last_success_timestamp_seconds"
-MATCH_SOURCES: Final = ("live", "recorded", "both")
+MATCH_SOURCES: Final = ("live_only", "recorded_only", "both")
 
 
 @dataclass(frozen=True, slots=True)

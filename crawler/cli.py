@@ -16,6 +16,7 @@ from typing import Any
 from crawler import __version__
 from crawler.export_cli import add_export_command, cmd_export
 from crawler.hashlist_cli import add_hashlist_commands, cmd_hashlist
+from crawler.report.cli import add_report_command, cmd_report
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_OUT = "./refwatch-data"
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_hashlist_commands(commands)
     add_export_command(commands)
+    add_report_command(commands)
     demo = commands.add_parser("demo", help="a self-contained demo on a sample web on loopback")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
@@ -422,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "demo": cmd_demo}
     handlers["hashlist"] = cmd_hashlist
     handlers["export-clean"] = cmd_export
+    handlers["report"] = cmd_report
     try:
         return handlers[args.command](args)
     except (InputError, SnapshotError, HashListError, QueueError, StoreError, _BadInput) as exc:

@@ -235,7 +235,7 @@ def test_recorded_hashes_are_matched_too(web: SampleWeb, tmp_path: Path) -> None
                         "--run-id", "r", "--json", "--no-progress", "--allow-private-networks")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    assert summary["match_sources"] == {"live": 1, "recorded": 1, "both": 1}
+    assert summary["match_sources"] == {"live_only": 1, "recorded_only": 1, "both": 1}
     assert summary["recorded_matches"] == {"known": {"md5": 2}}
     rows = {row["ref_id"]: row for row in read_rows(out / "runs" / "r")}
     assert {ref: (row["matched"], row["recorded_matched"]) for ref, row in rows.items()} == {

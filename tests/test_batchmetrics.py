@@ -47,7 +47,7 @@ def summary(*, run_id: str = RUN_ID, ok: int = 60, not_found: int = 25, placehol
                            finished_at=datetime(2026, 3, 1, 2, 30, tzinfo=UTC))
     if extra:
         result["drift"] = {"same": 40, "near": 5, "changed": 3, "new": 12}
-        result["match_sources"] = {"live": 2, "recorded": 1, "both": 4}
+        result["match_sources"] = {"live_only": 2, "recorded_only": 1, "both": 4}
     return result
 
 
@@ -87,7 +87,7 @@ def test_gauges_say_what_the_summary_says() -> None:
 
 def test_summary_without_drift_or_match_sources_gives_zeros_and_no_ratio_without_references() -> None:
     registry = build_registry(run_facts(summary(extra=False, ok=0, not_found=0, placeholder=0), manifest()))
-    assert registry.get_sample_value("refwatch_run_matches", {"series": SERIES, "source": "live"}) == 0
+    assert registry.get_sample_value("refwatch_run_matches", {"series": SERIES, "source": "live_only"}) == 0
     assert registry.get_sample_value("refwatch_run_drift", {"series": SERIES, "drift": "same"}) == 0
     assert registry.get_sample_value("refwatch_run_alive_ratio", {"series": SERIES}) is None
 
@@ -95,7 +95,7 @@ def test_summary_without_drift_or_match_sources_gives_zeros_and_no_ratio_without
 def test_labels_are_bounded_and_never_name_the_run() -> None:
     registry = build_registry(run_facts(summary(), manifest()))
     allowed = {"series": {SERIES}, "outcome": {o.value for o in Outcome},
-               "drift": {"same", "near", "changed", "new", "unknown"}, "source": {"live", "recorded", "both"}}
+               "drift": {"same", "near", "changed", "new", "unknown"}, "source": {"live_only", "recorded_only", "both"}}
     for family in registry.collect():
         for sample in family.samples:
             for name, label in sample.labels.items():
@@ -185,7 +185,7 @@ def test_push_groups_by_series_and_a_failed_run_keeps_the_last_success(pushgatew
     found = scrape(pushgateway)
     assert pushed(found, "refwatch_run_alive_ratio") == pytest.approx(0.6)
     assert pushed(found, "refwatch_run_outcome_ratio", outcome="placeholder") == pytest.approx(0.15)
-    assert pushed(found, "refwatch_run_matches", source="recorded") == 1
+    assert pushed(found, "refwatch_run_matches", source="recorded_only") == 1
     assert pushed(found, "refwatch_run_drift", drift="new") == 12
     assert pushed(found, LAST_SUCCESS) == FINISHED_UNIX
     assert pushed(found, "push_time_seconds") > 0  # the Pushgateway's own per-group gauge

@@ -52,7 +52,7 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "drift": {word: int(stats.get(f"refwatch/drift/{word}", 0)) for word in DRIFT_WORDS},
         "placeholders": {reason: int(stats.get(f"refwatch/placeholders/{reason}", 0)) for reason in PLACEHOLDER_REASONS},
         "match_sources": {source: int(stats.get(f"refwatch/match_sources/{source}", 0))
-                          for source in ("live", "recorded", "both")},
+                          for source in ("live_only", "recorded_only", "both")},
         "carried_rows": int(stats.get("refwatch/carried_rows", 0)),
         "events_published": int(stats.get("refwatch/events_published", 0)),
         "events_unwritten": int(stats.get("refwatch/queue/unwritten_events", 0)),

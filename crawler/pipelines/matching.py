@@ -62,10 +62,10 @@ class MatchPipeline:
         item.match_count = len(live)
         item.recorded_matched = bool(recorded)
         if live or recorded:
-            source = "both" if live and recorded else "live" if live else "recorded"
+            where = "both" if live and recorded else "live_only" if live else "recorded_only"
             stats = self.crawler.stats
             assert stats is not None
-            stats.inc_value(f"refwatch/match_sources/{source}")
+            stats.inc_value(f"refwatch/match_sources/{where}")
         for matches, source in ((live, "live"), (recorded, "recorded")):
             if matches:
                 self._publish(item, matches, source)
