@@ -2,9 +2,13 @@
 
 Both need the whole run (placeholders are content shared by many URLs of one domain) or the series' history
 (drift compares with the last run in which a reference was alive), so they run once, when the last outcome
-part is written, as columnar passes: a million rows take seconds. Each part is rewritten in place (same
-name, atomic replace) with its rows in their order, so the dataset keeps its layout; the run's manifest
-says ``finished`` only after this, so a crash here leaves a run the report ignores and a redo replaces.
+part is written, as columnar passes: a million rows take seconds.
+
+The crawl writes small parts (1,000 rows or 10 s: a crash loses little); this pass rewrites the run as
+``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows, in the rows' order, then deletes the small
+parts, so a run of millions of references is tens of files for every later reader, not thousands. The run's
+manifest says ``finished`` only after this: a crash in between leaves a run marked ``running``, which the
+report, re-checks and export-clean ignore and a redo (same run id) replaces whole.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ class FinalizeResult:
 
 
 def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.PlaceholderRules,
-                 drift_radius: int) -> FinalizeResult:
-    """Mark placeholders and fill ``drift`` in the parts under ``run_dir/outcomes`` (in place).
+                 drift_radius: int, rows_per_part: int = 500_000) -> FinalizeResult:
+    """Mark placeholders and fill ``drift`` in the run under ``run_dir/outcomes``, rewritten as final parts.
 
     ``earlier_runs`` are the run folders of the same series that started before, oldest first.
     """
@@ -46,8 +50,7 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
     parts = sorted((run_dir / "outcomes").glob("part-*.parquet"))
     if not parts:
         return FinalizeResult({}, {}, 0.0)
-    tables = [pq.read_table(part) for part in parts]
-    rows = pa.concat_tables(tables)
+    rows = pa.concat_tables([pq.read_table(part) for part in parts])
 
     is_placeholder, reasons = placeholders.detect(rows, rules)
     outcome = pc.if_else(pa.array(is_placeholder), "placeholder", rows["outcome"])
@@ -63,10 +66,14 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
     rows = _set(rows, "outcome", outcome)
     rows = _set(rows, "drift", words)
     rows = _set(rows, "placeholder_reason", reasons)
-    offset = 0
-    for part, table in zip(parts, tables):
-        _replace(part, rows.slice(offset, table.num_rows))
-        offset += table.num_rows
+    written = []
+    for number, offset in enumerate(range(0, rows.num_rows, max(rows_per_part, 1))):
+        target = run_dir / "outcomes" / f"part-f{number:05d}.parquet"
+        _replace(target, rows.slice(offset, rows_per_part))
+        written.append(target)
+    for part in parts:
+        if part not in written:
+            part.unlink()
     result = FinalizeResult(
         placeholders=dict(Counter(r for r in reasons.to_pylist() if r is not None)),
         drift={word: count for word, count in _counts(words).items() if word is not None},

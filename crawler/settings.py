@@ -39,6 +39,7 @@ REFWATCH_BACKOFF_MAX_SECONDS = 120.0  # the longest a 429/503 (Retry-After) back
 REFWATCH_BACKOFF_DEFAULT_SECONDS = 5.0  # back-off when a 429/503 has no usable Retry-After
 REFWATCH_OUTCOMES_BATCH_ROWS = 1000  # outcome rows per Parquet part file...
 REFWATCH_OUTCOMES_FLUSH_SECONDS = 10.0  # ...or fewer, when this long has passed since the last part
+REFWATCH_FINAL_PART_ROWS = 500_000  # when the run ends, its small parts are rewritten as parts of this many rows
 REFWATCH_PLACEHOLDERS: str | None = None  # your known placeholder list (kind,value lines) beside the shipped one
 REFWATCH_PLACEHOLDER_MIN_URLS = 20  # one content served for this many distinct URLs of one domain: placeholder
 REFWATCH_PLACEHOLDER_MIN_REDIRECTS = 20  # this many distinct URLs of one domain redirected to one URL: placeholder

@@ -146,8 +146,11 @@ def test_drift_and_placeholders_over_three_runs(web: SampleWeb, tmp_path: Path) 
     for epoch in range(3):
         web.epoch = epoch
         done = run_refwatch("crawl", str(snapshot), "--out", str(out), "--run-id", f"run{epoch}", "--json",
-                            "--no-progress", "--allow-private-networks", "--timeout", "5")
+                            "--no-progress", "--allow-private-networks", "--timeout", "5",
+                            "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=5")  # 5 small parts while crawling...
         assert done.returncode == 0, done.stderr[-3000:]
+        outcomes = out / "runs" / f"run{epoch}" / "outcomes"
+        assert sorted(p.name for p in outcomes.iterdir()) == ["part-f00000.parquet"]  # ...one when it ends
         runs[epoch] = {row["ref_id"]: row for row in read_rows(out / "runs" / f"run{epoch}")}
         manifest = json.loads((out / "runs" / f"run{epoch}" / "manifest.json").read_text())
         assert manifest["status"] == "finished" and manifest["finished_at"] >= manifest["started_at"]
@@ -269,11 +272,14 @@ def test_outputs_on_s3(web: SampleWeb, s3_server, tmp_path: Path) -> None:
         return sorted(o["Key"][len("audits/laion/"):] for o in listed.get("Contents", []))
 
     web.epoch = 0
-    crawl("one", "machine-a", "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=1")  # two parts
-    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-00000.parquet",
-                      "runs/one/outcomes/part-00001.parquet", "runs/one/summary.json"]
-    crawl("one", "machine-a")  # a redo writes one part: the second is stale and goes
-    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-00000.parquet", "runs/one/summary.json"]
+    # parts of one row, uploaded as written; at the end the run is one final part of two, the small ones go
+    crawl("one", "machine-a", "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=1", "-s", "REFWATCH_FINAL_PART_ROWS=2")
+    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-f00000.parquet", "runs/one/summary.json"]
+    crawl("one", "machine-a", "-s", "REFWATCH_FINAL_PART_ROWS=1")  # a redo: two final parts replace the one
+    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-f00000.parquet",
+                      "runs/one/outcomes/part-f00001.parquet", "runs/one/summary.json"]
+    crawl("one", "machine-a")  # and again: part-f00001 is stale and goes
+    assert keys() == ["runs/one/manifest.json", "runs/one/outcomes/part-f00000.parquet", "runs/one/summary.json"]
     web.epoch = 1
     summary = crawl("two", "machine-b")
     web.epoch = 0

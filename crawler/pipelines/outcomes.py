@@ -151,7 +151,8 @@ class OutcomeWriterPipeline:
         for m in earlier:
             run.pull(f"runs/{m.run_id}/outcomes/")  # drift compares with them (a no-op for a local output)
         result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
-                              placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8))
+                              placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8),
+                              settings.getint("REFWATCH_FINAL_PART_ROWS"))
         for reason, count in result.placeholders.items():
             stats.inc_value("refwatch/outcome/ok", -count)
             stats.inc_value("refwatch/outcome/placeholder", count)
