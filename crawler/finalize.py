@@ -31,6 +31,11 @@ from crawler.history import Manifest
 logger = logging.getLogger(__name__)
 
 _BASE_COLUMNS = ["ref_id", "outcome", "md5", "phash"]
+#: What the decisions read: the whole run of these columns is in memory at once, never every column.
+_DECISION_COLUMNS = ["ref_id", "url", "domain", "outcome", "md5", "phash", "final_url", "matched",
+                     "recorded_md5", "recorded_phash"]
+#: Rows gathered before one row group is written (crawl-time parts are 1,000 rows: too small a group).
+_ROW_GROUP = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
     parts = sorted((run_dir / "outcomes").glob("part-*.parquet"))
     if not parts:
         return FinalizeResult({}, {}, 0.0)
-    rows = pa.concat_tables([pq.read_table(part) for part in parts])
+    rows = pa.concat_tables([pq.read_table(part, columns=_DECISION_COLUMNS) for part in parts])
 
     is_placeholder, reasons = placeholders.detect(rows, rules)
     outcome = pc.if_else(pa.array(is_placeholder), "placeholder", rows["outcome"])
@@ -63,14 +68,9 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
                            pc.if_else(recorded, rows["recorded_phash"], base_phash),
                            seen, drift_radius)
 
-    rows = _set(rows, "outcome", outcome)
-    rows = _set(rows, "drift", words)
-    rows = _set(rows, "placeholder_reason", reasons)
-    written = []
-    for number, offset in enumerate(range(0, rows.num_rows, max(rows_per_part, 1))):
-        target = run_dir / "outcomes" / f"part-f{number:05d}.parquet"
-        _replace(target, rows.slice(offset, rows_per_part))
-        written.append(target)
+    decided = {"outcome": outcome, "drift": words, "placeholder_reason": reasons}
+    del rows
+    written = _rewrite(parts, decided, run_dir / "outcomes", max(rows_per_part, 1))
     for part in parts:
         if part not in written:
             part.unlink()
@@ -113,18 +113,61 @@ def _baselines(rows: pa.Table, earlier_runs: list[Path]) -> tuple[pa.Array, pa.A
     return pc.take(latest["md5"], position), pc.take(latest["phash"], position), seen
 
 
+def _rewrite(parts: list[Path], decided: dict[str, pa.Array | pa.ChunkedArray], folder: Path,
+             rows_per_part: int) -> list[Path]:
+    """Stream the small parts, in order, into ``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows
+    with the decided columns set; one small part is in memory at a time (plus one row group)."""
+    written: list[Path] = []
+    writer: pq.ParquetWriter | None = None
+    target = tmp = None
+    in_part = offset = 0
+    pending: list[pa.Table] = []
+
+    def flush() -> None:
+        if pending and writer is not None:
+            writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
+            pending.clear()
+
+    def close() -> None:
+        nonlocal writer
+        flush()
+        if writer is not None:
+            writer.close()
+            os.replace(tmp, target)
+            written.append(target)
+            writer = None
+
+    for part in parts:
+        table = pq.read_table(part)
+        n = table.num_rows
+        for name, values in decided.items():
+            table = _set(table, name, values.slice(offset, n))
+        offset += n
+        start = 0
+        while start < n:
+            if writer is None:
+                target = folder / f"part-f{len(written):05d}.parquet"
+                tmp = target.with_name(f".{target.name}.tmp")
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                in_part = 0
+            take = min(n - start, rows_per_part - in_part)
+            pending.append(table.slice(start, take))
+            start += take
+            in_part += take
+            if sum(t.num_rows for t in pending) >= _ROW_GROUP:
+                flush()
+            if in_part >= rows_per_part:
+                close()
+    close()
+    return written
+
+
 def _set(rows: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
     field = rows.schema.field(name) if name in rows.schema.names else pa.field(name, pa.string())
     values = values.cast(field.type)
     if name in rows.schema.names:
         return rows.set_column(rows.schema.get_field_index(name), field, values)
     return rows.append_column(field, values)
-
-
-def _replace(part: Path, table: pa.Table) -> None:
-    tmp = part.with_name(f".{part.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, part)
 
 
 def _counts(values: pa.Array) -> dict[str | None, int]:

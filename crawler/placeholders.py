@@ -107,9 +107,8 @@ def detect(rows: pa.Table, rules: PlaceholderRules) -> tuple[np.ndarray, pa.Arra
     final_url = rows["final_url"]
     if known.final_urls:
         mark(_bool(pc.is_in(final_url, pa.array(sorted(known.final_urls)))), "known_url")
-    for domain, suffix in sorted(known.domain_paths):
-        path_end = pc.ends_with(pc.utf8_lower(_path_of(final_url)), suffix.lower())
-        mark(_bool(pc.and_(pc.equal(_final_domain(rows), domain), path_end)), "known_url")
+    if known.domain_paths:
+        mark(_known_domain_paths(final_url, eligible, known.domain_paths), "known_url")
     if known.md5s:
         mark(_bool(pc.is_in(pc.utf8_lower(rows["md5"]), pa.array(sorted(known.md5s)))), "known_hash")
     if known.phashes:
@@ -122,20 +121,29 @@ def detect(rows: pa.Table, rules: PlaceholderRules) -> tuple[np.ndarray, pa.Arra
 
 
 def _shared(rows: pa.Table, among: np.ndarray, column: str, threshold: int) -> np.ndarray:
-    """Rows (within ``among``) whose (domain, ``column``) value is shared by >= threshold distinct URLs."""
+    """Rows (within ``among``) whose (domain, ``column``) value is shared by >= threshold distinct URLs.
+
+    A value held by fewer rows than the threshold cannot qualify, so the rows are first narrowed to the
+    values that are common at all (one count over the column: almost every md5 is unique), and only those
+    few rows are grouped by domain and counted by distinct URL.
+    """
+    mask = np.zeros(rows.num_rows, dtype=bool)
     if threshold < 1 or not among.any():
-        return np.zeros(rows.num_rows, dtype=bool)
-    index = np.flatnonzero(among)
+        return mask
+    values = rows[column].filter(pa.array(among))
+    counted = pc.value_counts(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    common = counted.field("values").filter(pc.greater_equal(counted.field("counts"), threshold))
+    common = common.filter(pc.is_valid(common))  # null content is not shared content
+    if len(common) == 0:
+        return mask
+    index = np.flatnonzero(among & _bool(pc.is_in(rows[column], common)))
     subset = pa.table({"domain": rows["domain"].take(index), "value": rows[column].take(index),
-                       "url": rows["url"].take(index)})
+                       "url": rows["url"].take(index), "row": pa.array(index)})
     counts = subset.group_by(["domain", "value"]).aggregate([("url", "count_distinct")])
     busy = counts.filter(pc.greater_equal(counts["url_count_distinct"], threshold))
-    if busy.num_rows == 0:
-        return np.zeros(rows.num_rows, dtype=bool)
-    hit = subset.append_column("row", pa.array(index)).join(busy, ["domain", "value"], join_type="inner")
-    mask = np.zeros(rows.num_rows, dtype=bool)
-    mask[hit["row"].to_numpy()] = True
-    mask[index[_bool(pc.is_null(subset["value"]))]] = False  # null content is not shared content
+    if busy.num_rows:
+        hit = subset.join(busy, ["domain", "value"], join_type="inner")
+        mask[hit["row"].to_numpy()] = True
     return mask
 
 
@@ -145,15 +153,32 @@ def _path_of(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.replace_substring_regex(without_scheme, r"[?#].*$", "")
 
 
-def _final_domain(rows: pa.Table) -> pa.Array:
-    """Registrable domain of each final URL (computed for the distinct hosts only)."""
+def _known_domain_paths(final_url: pa.ChunkedArray, among: np.ndarray,
+                        domain_paths: frozenset[tuple[str, str]]) -> np.ndarray:
+    """Rows (within ``among``) whose final URL is on a known (domain, path suffix): the path test first, over
+    every row at once; the domain (a Public Suffix List look-up) only for the few rows whose path fits."""
+    mask = np.zeros(len(final_url), dtype=bool)
+    path = pc.utf8_lower(_path_of(final_url))
+    fits = np.zeros(len(final_url), dtype=bool)
+    for suffix in {suffix.lower() for _, suffix in domain_paths}:
+        fits |= _bool(pc.ends_with(path, suffix))
+    candidates = np.flatnonzero(fits & among)
+    if not len(candidates):
+        return mask
+    domains = _domains_of(final_url.take(candidates))
+    paths = path.take(candidates).to_pylist()
+    for k, (domain, end) in enumerate(zip(domains, paths)):
+        if any(domain == d and end.endswith(suffix.lower()) for d, suffix in domain_paths):
+            mask[candidates[k]] = True
+    return mask
+
+
+def _domains_of(urls: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Registrable domain of each URL (looked up once per distinct host)."""
     from crawler.domains import registrable_domain
 
-    hosts = pc.extract_regex(rows["final_url"], r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)")
-    host = pc.struct_field(hosts, "host")
-    unique = pc.unique(host)
-    domains = pa.array([registrable_domain(h) if h else None for h in unique.to_pylist()], type=pa.string())
-    return pc.take(domains, pc.index_in(host, unique))
+    hosts = pc.extract_regex(urls, r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)")
+    return [registrable_domain(host) if host else None for host in pc.struct_field(hosts, "host").to_pylist()]
 
 
 def _bool(values: Iterable) -> np.ndarray:
