@@ -229,6 +229,9 @@ def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None
                   f"published to {queue_url}")
     if summary.get("queue_errors"):
         console.print(f"  {summary['queue_errors']} queue writes failed and were retried")
+    if summary.get("outputs_failed"):
+        console.print(f"[bold red]the run's outputs could not all be written[/] (see the log): redo the run with "
+                      f"--run-id {summary['run_id']}")
     if summary.get("events_unwritten"):
         console.print(f"[bold red]{summary['events_unwritten']} events could not be written to the queue[/]: "
                       f"redo the run with --run-id {summary['run_id']} to publish them")
@@ -258,7 +261,8 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary, indent=2))
     else:
         print_summary(result.summary, result.run_location or result.run_dir, result.queue_url)
-    ok = result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
+    ok = (result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
+          and not result.summary.get("outputs_failed"))
     try:
         manifest = read_manifest(Path(result.run_dir))
     except ValueError:

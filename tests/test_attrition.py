@@ -289,3 +289,29 @@ def test_outputs_on_s3(web: SampleWeb, s3_server, tmp_path: Path) -> None:
     bad = run_refwatch("crawl", str(snapshot), "--out", "s3://no-such-bucket-here/x", "--s3-endpoint-url",
                        s3_server.endpoint, "--no-progress", "--allow-private-networks")
     assert bad.returncode == 2 and "no-such-bucket-here" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_outputs_that_cannot_be_uploaded_fail_the_run(web: SampleWeb, s3_server, tmp_path: Path) -> None:
+    """S3 refusing the outcome parts (past the retries): exit 1, the summary says so, the manifest stays
+    "running" so nothing downstream takes the run for finished; a redo once S3 is back completes it."""
+    from tests.s3server import FaultProxy
+
+    bucket = s3_server.new_bucket()
+    out = f"s3://{bucket}/o"
+    snapshot = write_snapshot(tmp_path / "s.csv", [("a", web.url("/img/1.jpg"))])
+    with FaultProxy(s3_server.port) as proxy:
+        args = ("crawl", str(snapshot), "--out", out, "--run-id", "r", "--s3-endpoint-url", proxy.endpoint,
+                "--json", "--no-progress", "--allow-private-networks", "-s", f"REFWATCH_STAGING_DIR={tmp_path / 'st'}")
+        proxy.inject([], method="PUT", path_contains="/outcomes/")
+        proxy.failing = 503
+        failed = run_refwatch(*args)
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        assert json.loads(failed.stdout)["outputs_failed"] is True
+        assert "its outputs could not be written" in failed.stderr
+        body = s3_server.client().get_object(Bucket=bucket, Key="o/runs/r/manifest.json")["Body"].read()
+        assert json.loads(body)["status"] == "running"
+        proxy.failing = None
+        redone = run_refwatch(*args)
+        assert redone.returncode == 0, redone.stderr[-3000:]
+    body = s3_server.client().get_object(Bucket=bucket, Key="o/runs/r/manifest.json")["Body"].read()
+    assert json.loads(body)["status"] == "finished"

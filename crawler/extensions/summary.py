@@ -61,6 +61,7 @@ def build_summary(stats: dict[str, Any], *, run_id: str, snapshots: list[str], f
         "bad_records": int(stats.get("refwatch/bad_records", 0)),
         "backoffs": int(stats.get("refwatch/backoff", 0)),
         "response_bytes": int(stats.get("refwatch/response_bytes", 0)),
+        "outputs_failed": bool(stats.get("refwatch/outputs_failed", 0)),
         "finish_reason": stats.get("finish_reason"),
     }
 

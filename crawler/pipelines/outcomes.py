@@ -137,9 +137,17 @@ class OutcomeWriterPipeline:
     def close_spider(self) -> None:
         self._flush()
         self._executor.shutdown(wait=True)
-        for future in self._pending:
-            future.result()  # surface a failed write instead of losing it silently
-        self._finish()
+        try:
+            for future in self._pending:
+                future.result()  # surface a failed write or upload instead of losing it silently
+            self._finish()
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the run unfinished, and says so
+            # The manifest stays "running": the report, re-checks and export-clean skip the run; a redo fixes it.
+            run = self.crawler.spider.run  # type: ignore[union-attr]
+            logger.error("run %s: its outputs could not be written (%s: %s); redo it with --run-id %s",
+                         run.run_id, type(exc).__name__, exc, run.run_id)
+            assert self.crawler.stats is not None
+            self.crawler.stats.set_value("refwatch/outputs_failed", 1)
 
     def _finish(self) -> None:
         """The end-of-run pass (placeholders, drift), its counts into the stats, the manifest finished."""
