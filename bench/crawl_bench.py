@@ -22,8 +22,8 @@ What runs where (the machine has 2 cores, so each process is counted on its own)
   with one host ``--concurrency`` above 8 would change nothing.
 * the crawl is ``python -m crawler.cli crawl SNAPSHOT --out DIR --run-id ID --allow-private-networks --json
   --no-progress [--concurrency N] [--per-host N]``, a child process. Its wall time (including start-up) and
-  CPU come from ``os.wait4`` on it; its peak RSS is ``ru_maxrss`` from the same call (and VmHWM/VmRSS from
-  ``/proc/<pid>/status`` while it runs); progress is the number of outcome rows in the Parquet parts it has
+  CPU come from ``os.wait4`` on it; its peak RSS is the last VmHWM read from ``/proc/<pid>/status`` while it
+  runs (not ``ru_maxrss``: Linux carries the forking harness's own high-water mark over the exec into it); progress is the number of outcome rows in the Parquet parts it has
   written so far (footers only; the crawl is not slowed by being watched).
 * the snapshot is a LAION-like Parquet file (``SAMPLE_ID``, ``URL``, ``TEXT``): ``--not-found-share`` of the
   references are ``/status/404`` (default 5%; 95% with ``--flat-memory``), the rest images.
@@ -465,10 +465,12 @@ def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None
         waiter = threading.Thread(target=wait, name="wait4", daemon=True)
         waiter.start()
         samples: list[Sample] = []
+        peak_hwm = 0
         deadline = started + timeout
         try:
             while not done.is_set():
                 status = _proc_status(proc.pid)
+                peak_hwm = max(peak_hwm, status.get("VmHWM", 0))
                 if status.get("VmRSS"):
                     samples.append(Sample(time.perf_counter() - started, status["VmRSS"], counter.rows()))
                 if time.perf_counter() > deadline:
@@ -503,7 +505,7 @@ def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None
         returncode=proc.returncode,
         wall_seconds=waited["ended"] - started,
         cpu_seconds=crawl_cpu,
-        maxrss=usage.ru_maxrss * 1024,  # KiB on Linux
+        maxrss=peak_hwm or usage.ru_maxrss * 1024,  # VmHWM; ru_maxrss (KiB) would include the harness's
         summary=summary,
         samples=samples,
         hash_ms=_mean_hash_ms(run_dir / "outcomes"),
@@ -587,7 +589,7 @@ def print_memory(result: CrawlResult, refs: int) -> None:
         low, high = min(s.rss for s in late) / MiB, max(s.rss for s in late) / MiB
         print(f"RSS from 25% on: min {low:.1f}, max {high:.1f} MiB; "
               f"fitted slope {per_100k:+.2f} MiB per 100k refs (x50 for a 5M-row snapshot: {per_100k * 50:+.0f} MiB); "
-              f"peak (ru_maxrss) {result.maxrss / MiB:.0f} MiB")
+              f"peak (VmHWM) {result.maxrss / MiB:.0f} MiB")
 
 
 # ---------------------------------------------------------------------------------------------------------
