@@ -254,8 +254,6 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
     except ValueError as exc:
         raise _BadInput(str(exc)) from None
-    _check_queue(settings)
-    _check_out(settings)
     result = run_crawl(settings)
     if args.json:
         print(json.dumps(result.summary, indent=2))
@@ -269,27 +267,6 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         manifest = None
     problems = export_run_metrics(settings, result.summary, manifest)  # failures are logged there
     return EXIT_OK if ok and not problems else EXIT_FAILED
-
-
-def _check_out(settings: Any) -> None:
-    """Reach an s3:// output before crawling: a wrong bucket, endpoint or credentials is bad input (exit 2)."""
-    from crawler.remote import check_remote, is_remote
-    from crawler.run import store_options
-
-    out = settings.get("REFWATCH_OUT")
-    if is_remote(out):
-        check_remote(out, store_options(settings))
-
-
-def _check_queue(settings: Any) -> None:
-    """Reach a named queue before crawling, so a wrong bucket, endpoint or credentials is bad input (exit 2)."""
-    from crawler.eventqueue import open_queue, queue_options
-
-    url = settings.get("REFWATCH_QUEUE")
-    if url and settings.getlist("REFWATCH_HASHLISTS"):  # without lists nothing is ever published
-        queue = open_queue(url, **queue_options(settings))
-        queue.check()
-        queue.close()
 
 
 def cmd_refs(args: argparse.Namespace) -> int:

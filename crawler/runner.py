@@ -48,9 +48,12 @@ def check_inputs(settings: Settings) -> None:
     The loaded lists are kept in ``REFWATCH_LOADED_HASHLISTS`` for the match pipeline, so a list is read
     (or its compiled file mapped) once per crawl, not once to check and again to match.
     """
-    from crawler.eventqueue import QueueError
+    from crawler.eventqueue import QueueError, queue_options
     from crawler.hashlist import HashListError
+    from crawler.objectstore import StoreError
     from crawler.references import SnapshotError
+    from crawler.remote import check_remote, is_remote
+    from crawler.run import store_options
 
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
@@ -58,10 +61,15 @@ def check_inputs(settings: Settings) -> None:
         lists = load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
                                skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         settings.set("REFWATCH_LOADED_HASHLISTS", lists, priority="cmdline")
+        out = settings.get("REFWATCH_OUT")
+        if is_remote(out):  # a wrong bucket, endpoint or credentials: bad input, before anything is fetched
+            check_remote(out, store_options(settings))
         queue_url = settings.get("REFWATCH_QUEUE")
-        if queue_url:
-            open_queue(queue_url).close()
-    except (SnapshotError, HashListError, QueueError) as exc:
+        if queue_url and lists:  # without lists nothing is ever published
+            queue = open_queue(queue_url, **queue_options(settings))
+            queue.check()
+            queue.close()
+    except (SnapshotError, HashListError, QueueError, StoreError) as exc:
         raise InputError(str(exc)) from exc
 
 
