@@ -95,9 +95,9 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def start_manifest(run: RunContext, settings: Any) -> Manifest:
+def start_manifest(run: RunContext, settings: Any, snapshot_paths: list[str]) -> Manifest:
     """Describe the snapshot files (checksums: they name the series) and write the manifest as running."""
-    snapshots = describe_snapshots(settings.getlist("REFWATCH_SNAPSHOTS"))
+    snapshots = describe_snapshots(snapshot_paths)
     manifest = Manifest(run_id=run.run_id, series=series_id(snapshots), snapshots=snapshots,
                         started_at=utc_now(), parameters=parameters_for_manifest(settings),
                         recheck_of=settings.get("REFWATCH_RECHECK_RUN"),

@@ -197,6 +197,8 @@ def test_scrapy_crawl_replay_does_the_same_job(web: SampleWeb, tmp_path: Path) -
     assert rows == {"a": "ok", "b": "gone"}
     summary = json.loads((tmp_path / "out" / "runs" / "scrapy" / "summary.json").read_text())
     assert summary["outcomes"]["gone"] == 1
+    manifest = json.loads((tmp_path / "out" / "runs" / "scrapy" / "manifest.json").read_text())
+    assert [Path(s["path"]).name for s in manifest["snapshots"]] == ["s.csv"] and manifest["status"] == "finished"
     # No code-executing consoles in a crawler that fetches hostile content.
     assert "Telnet console listening" not in done.stderr
     assert "Remote control HTTP server listening" not in done.stderr

@@ -111,7 +111,7 @@ class OutcomeWriterPipeline:
         run = self.crawler.spider.run  # type: ignore[union-attr]
         if run.remote is not None:
             run.remote.pull_manifests()  # the output's runs, to find this run's series when it ends
-        self._manifest = start_manifest(run, self.crawler.settings)
+        self._manifest = start_manifest(run, self.crawler.settings, list(self.crawler.spider.snapshots))  # type: ignore[union-attr]
         self._dir = run.outcomes_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         stale = sorted(self._dir.glob("part-*.parquet")) + sorted(self._dir.glob(".part-*.tmp"))
