@@ -21,6 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scrapy.crawler import Crawler
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.threads import deferToThread
 
 from crawler.domains import url_domain
 from crawler.finalize import finalize_run
@@ -134,48 +136,61 @@ class OutcomeWriterPipeline:
             self._flush()
         return item
 
-    def close_spider(self) -> None:
+    async def close_spider(self) -> None:
+        """Write the last rows, then the end-of-run pass in a thread (seconds per million references: the
+        reactor stays free), its counts applied to the stats back on the reactor."""
         self._flush()
-        self._executor.shutdown(wait=True)
+        assert self.crawler.stats is not None
         try:
-            for future in self._pending:
-                future.result()  # surface a failed write or upload instead of losing it silently
-            self._finish()
+            updates = await maybe_deferred_to_future(deferToThread(self._drain_and_finish))
         except Exception as exc:  # noqa: BLE001 - any failure leaves the run unfinished, and says so
             # The manifest stays "running": the report, re-checks and export-clean skip the run; a redo fixes it.
             run = self.crawler.spider.run  # type: ignore[union-attr]
             logger.error("run %s: its outputs could not be written (%s: %s); redo it with --run-id %s",
                          run.run_id, type(exc).__name__, exc, run.run_id)
-            assert self.crawler.stats is not None
             self.crawler.stats.set_value("refwatch/outputs_failed", 1)
+            return
+        for key, (how, value) in updates.items():
+            if how == "inc":
+                self.crawler.stats.inc_value(key, value)
+            else:
+                self.crawler.stats.set_value(key, value)
 
-    def _finish(self) -> None:
-        """The end-of-run pass (placeholders, drift), its counts into the stats, the manifest finished."""
+    def _drain_and_finish(self) -> dict[str, tuple[str, int]]:
+        self._executor.shutdown(wait=True)
+        for future in self._pending:
+            future.result()  # surface a failed write or upload instead of losing it silently
+        return self._finish()
+
+    def _finish(self) -> dict[str, tuple[str, int]]:
+        """The end-of-run pass (placeholders, drift, carried rows), the manifest finished; returns the stats
+        updates it implies (key -> ("inc" | "set", value)), for the reactor thread to apply."""
         run = self.crawler.spider.run  # type: ignore[union-attr]
         settings = self.crawler.settings
-        stats = self.crawler.stats
-        assert stats is not None and self._manifest is not None
+        assert self._manifest is not None
         earlier = series_runs(run.out_dir, self._manifest.series, before=run.run_id)
         for m in earlier:
             run.pull(f"runs/{m.run_id}/outcomes/")  # drift compares with them (a no-op for a local output)
         result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
                               placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8),
                               settings.getint("REFWATCH_FINAL_PART_ROWS"))
+        placeholders = sum(result.placeholders.values())
+        updates: dict[str, tuple[str, int]] = {"refwatch/outcome/ok": ("inc", -placeholders),
+                                               "refwatch/outcome/placeholder": ("inc", placeholders)}
         for reason, count in result.placeholders.items():
-            stats.inc_value("refwatch/outcome/ok", -count)
-            stats.inc_value("refwatch/outcome/placeholder", count)
-            stats.inc_value(f"refwatch/placeholders/{reason}", count)
+            updates[f"refwatch/placeholders/{reason}"] = ("inc", count)
         for word, count in result.drift.items():
-            stats.set_value(f"refwatch/drift/{word}", count)
+            updates[f"refwatch/drift/{word}"] = ("set", count)
         recheck = settings.get("REFWATCH_RECHECK_RUN")
         if recheck:  # the rows this partial run did not fetch, copied from the run it re-checks
-            stats.set_value("refwatch/carried_rows", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
+            updates["refwatch/carried_rows"] = ("set", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
         if run.remote is not None:  # the finished parts replace what was uploaded while crawling
             parts = sorted(run.outcomes_dir.glob("part-*.parquet"))
             for part in parts:
                 run.publish(part)
             run.remote.delete_stale(f"runs/{run.run_id}/outcomes/", {run.remote.key(part) for part in parts})
         finish_manifest(run, self._manifest)
+        return updates
 
     def _flush(self) -> None:
         self._last_flush = time.monotonic()
