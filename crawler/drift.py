@@ -20,7 +20,6 @@ from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 
 class Drift(StrEnum):
@@ -31,31 +30,29 @@ class Drift(StrEnum):
     UNKNOWN = "unknown"
 
 
-_NIBBLE = np.zeros(256, dtype=np.uint64)
-for _digit, _char in enumerate("0123456789abcdef"):
-    _NIBBLE[ord(_char)] = _NIBBLE[ord(_char.upper())] = _digit
+_HEX16 = "^[0-9a-fA-F]{16}$"
 
 
-def hex64(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """16-hex-digit strings as uint64, and a mask of the valid ones (null or malformed -> invalid).
+def drift_sql(radius: int) -> str:
+    """A SQL expression giving the drift word of a row with columns ``alive`` (bool), ``md5``, ``phash``,
+    ``base_md5``, ``base_phash`` (its baseline; null: none) and ``seen_before`` (bool): the rules above.
 
-    Straight from the Arrow string buffer (offsets + bytes), sixteen nibbles at a time: no Python string
-    per row.
+    One expression, used by the end-of-run pass over a whole run in DuckDB.
     """
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    array = array.cast(pa.string())
-    valid = pc.match_substring_regex(array, r"^[0-9a-fA-F]{16}$").fill_null(False)
-    filled = pc.if_else(valid, array, "0000000000000000")
-    if isinstance(filled, pa.ChunkedArray):
-        filled = filled.combine_chunks()
-    n = len(filled)
-    offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32)[filled.offset : filled.offset + n + 1]
-    data = np.frombuffer(filled.buffers()[2], dtype=np.uint8) if n else np.zeros(0, np.uint8)
-    chars = data[offsets[:-1, None] + np.arange(16)] if n else np.zeros((0, 16), np.uint8)
-    codes = np.zeros(n, dtype=np.uint64)
-    for k in range(16):
-        codes |= _NIBBLE[chars[:, k]] << np.uint64(4 * (15 - k))
-    return codes, np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
+    def code(column: str) -> str:
+        return f"TRY_CAST('0x' || {column} AS UBIGINT)"
+
+    def valid(column: str) -> str:
+        return f"regexp_full_match(coalesce({column}, ''), '{_HEX16}')"
+
+    both = f"({valid('phash')} AND {valid('base_phash')})"
+    distance = f"bit_count(xor({code('phash')}, {code('base_phash')}))"
+    return f"""CASE
+        WHEN NOT alive THEN NULL
+        WHEN base_md5 IS NULL AND base_phash IS NULL THEN CASE WHEN seen_before THEN 'new' ELSE 'unknown' END
+        WHEN lower(md5) = lower(base_md5) THEN 'same'
+        WHEN {both} THEN CASE WHEN {distance} <= {int(radius)} THEN 'near' ELSE 'changed' END
+        ELSE 'unknown' END"""
 
 
 def classify(
@@ -67,25 +64,17 @@ def classify(
     seen_before: np.ndarray,
     radius: int,
 ) -> pa.Array:
-    """The drift word of each row (null where not ``alive``), all arrays aligned row by row.
+    """The drift word of each row (null where not ``alive``), all arrays aligned row by row, through
+    ``drift_sql``: for tests and small inputs."""
+    import duckdb
 
-    ``base_*`` are each row's baseline hashes (null: none); ``seen_before`` says an earlier run of the series
-    had the reference (so an alive row without a baseline is ``new``, not ``unknown``).
-    """
-    n = len(alive)
-    md5_same = np.asarray(pc.equal(pc.utf8_lower(md5), pc.utf8_lower(base_md5)).fill_null(False)
-                          .to_numpy(zero_copy_only=False), dtype=bool)
-    have_base = np.asarray(pc.or_(pc.is_valid(base_md5), pc.is_valid(base_phash)).to_numpy(zero_copy_only=False),
-                           dtype=bool)
-    codes, codes_ok = hex64(phash)
-    base_codes, base_ok = hex64(base_phash)
-    both_phash = codes_ok & base_ok
-    distance = np.bitwise_count(codes ^ base_codes)
-    words = np.full(n, None, dtype=object)
-    words[alive & ~have_base] = np.where(seen_before[alive & ~have_base], Drift.NEW.value, Drift.UNKNOWN.value)
-    compared = alive & have_base
-    words[compared] = Drift.UNKNOWN.value
-    words[compared & both_phash & (distance > radius)] = Drift.CHANGED.value
-    words[compared & both_phash & (distance <= radius)] = Drift.NEAR.value
-    words[compared & md5_same] = Drift.SAME.value
-    return pa.array(words, type=pa.string())
+    table = pa.table({"alive": pa.array(alive, pa.bool_()), "md5": md5, "phash": phash, "base_md5": base_md5,
+                      "base_phash": base_phash, "seen_before": pa.array(seen_before, pa.bool_()),
+                      "_i": pa.array(range(len(alive)), pa.int64())})
+    con = duckdb.connect()
+    try:
+        con.register("rows_arrow", table)
+        result = con.sql(f"SELECT {drift_sql(radius)} AS drift FROM rows_arrow ORDER BY _i").to_arrow_table()
+    finally:
+        con.close()
+    return result["drift"].combine_chunks()

@@ -2,11 +2,13 @@
 
 Both need the whole run (placeholders are content shared by many URLs of one domain) or the series' history
 (drift compares with the last run in which a reference was alive), so they run once, when the last outcome
-part is written, as columnar passes: a million rows take seconds.
+part is written. They run in DuckDB, over the parts as files, within a memory limit (DuckDB spills to a
+scratch folder beyond it): the pass needs the same memory for a run of ten million references as for one
+of ten thousand, and a million take seconds.
 
 The crawl writes small parts (1,000 rows or 10 s: a crash loses little); this pass rewrites the run as
-``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows, in the rows' order, then deletes the small
-parts, so a run of millions of references is tens of files for every later reader, not thousands. The run's
+``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows, in the crawl's order, then deletes the small
+parts, so a run of millions of references is a few files for every later reader, not thousands. The run's
 manifest says ``finished`` only after this: a crash in between leaves a run marked ``running``, which the
 report, re-checks and export-clean ignore and a redo (same run id) replaces whole.
 """
@@ -15,26 +17,26 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crawler import drift, placeholders
-from crawler.history import Manifest
+from crawler import placeholders
+from crawler.drift import drift_sql
 
 logger = logging.getLogger(__name__)
 
-_BASE_COLUMNS = ["ref_id", "outcome", "md5", "phash"]
-#: What the decisions read: the whole run of these columns is in memory at once, never every column.
-_DECISION_COLUMNS = ["ref_id", "url", "domain", "outcome", "md5", "phash", "final_url", "matched",
-                     "recorded_md5", "recorded_phash"]
-#: Rows gathered before one row group is written (crawl-time parts are 1,000 rows: too small a group).
+#: DuckDB's memory for the pass (it spills beyond it) and its threads.
+MEMORY_LIMIT = "400MB"
+THREADS = 2
+#: Rows per row group of the final parts, and per batch streamed from DuckDB into them.
 _ROW_GROUP = 65_536
 
 
@@ -55,126 +57,127 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
     parts = sorted((run_dir / "outcomes").glob("part-*.parquet"))
     if not parts:
         return FinalizeResult({}, {}, 0.0)
-    rows = pa.concat_tables([pq.read_table(part, columns=_DECISION_COLUMNS) for part in parts])
-
-    is_placeholder, reasons = placeholders.detect(rows, rules)
-    outcome = pc.if_else(pa.array(is_placeholder), "placeholder", rows["outcome"])
-    alive = np.asarray(pc.equal(outcome, "ok").to_numpy(zero_copy_only=False), dtype=bool)
-
-    base_md5, base_phash, seen = _baselines(rows, earlier_runs)
-    recorded = pc.or_(pc.is_valid(rows["recorded_md5"]), pc.is_valid(rows["recorded_phash"]))
-    words = drift.classify(alive, rows["md5"], rows["phash"],
-                           pc.if_else(recorded, rows["recorded_md5"], base_md5),
-                           pc.if_else(recorded, rows["recorded_phash"], base_phash),
-                           seen, drift_radius)
-
-    decided = {"outcome": outcome, "drift": words, "placeholder_reason": reasons}
-    del rows
-    written = _rewrite(parts, decided, run_dir / "outcomes", max(rows_per_part, 1))
+    schema = pq.read_schema(parts[0])
+    with _database() as con:
+        con.execute(f"""CREATE TEMP TABLE cur AS SELECT filename AS _f, file_row_number AS _r, ref_id,
+            {', '.join(placeholders.ROW_COLUMNS[2:])}, recorded_md5, recorded_phash
+            FROM read_parquet({_files(parts)}, filename = true, file_row_number = true)""")
+        placeholders.mark_placeholders(con, rules)
+        _baselines(con, earlier_runs)
+        con.execute(f"""CREATE TEMP TABLE decided AS
+            SELECT _f, _r, reason, {drift_sql(drift_radius)} AS drift FROM (
+                SELECT c._f, c._r, r.reason, c.md5, c.phash,
+                       c.outcome = 'ok' AND r.reason IS NULL AS alive,
+                       b.ref_id IS NOT NULL AS seen_before,
+                       CASE WHEN c.recorded_md5 IS NOT NULL OR c.recorded_phash IS NOT NULL
+                            THEN c.recorded_md5 ELSE b.md5 END AS base_md5,
+                       CASE WHEN c.recorded_md5 IS NOT NULL OR c.recorded_phash IS NOT NULL
+                            THEN c.recorded_phash ELSE b.phash END AS base_phash
+                FROM cur c
+                LEFT JOIN reasons r ON r._f = c._f AND r._r = c._r
+                LEFT JOIN baseline b ON b.ref_id = c.ref_id)""")
+        placeholder_counts = dict(con.execute(
+            "SELECT reason, count(*) FROM reasons GROUP BY reason ORDER BY reason").fetchall())
+        drift_counts = dict(con.execute(
+            "SELECT drift, count(*) FROM decided WHERE drift IS NOT NULL GROUP BY drift ORDER BY drift").fetchall())
+        for name in ("drift", "placeholder_reason"):  # parts written before a column existed get it
+            if name not in schema.names:
+                schema = schema.append(pa.field(name, pa.string()))
+        replaced = [n for n in ("drift", "placeholder_reason") if n in pq.read_schema(parts[0]).names]
+        final = con.sql(f"""
+            SELECT p.* EXCLUDE (filename, file_row_number, outcome{''.join(', ' + n for n in replaced)}),
+                CASE WHEN d.reason IS NOT NULL THEN 'placeholder' ELSE p.outcome END AS outcome,
+                d.drift AS drift, d.reason AS placeholder_reason
+            FROM read_parquet({_files(parts)}, filename = true, file_row_number = true) p
+            JOIN decided d ON d._f = p.filename AND d._r = p.file_row_number
+            ORDER BY p.filename, p.file_row_number""")
+        written = _write_parts(final.to_arrow_reader(_ROW_GROUP), schema, run_dir / "outcomes",
+                               max(rows_per_part, 1))
     for part in parts:
         if part not in written:
             part.unlink()
-    result = FinalizeResult(
-        placeholders=dict(Counter(r for r in reasons.to_pylist() if r is not None)),
-        drift={word: count for word, count in _counts(words).items() if word is not None},
-        seconds=time.perf_counter() - started,
-    )
+    result = FinalizeResult(placeholders=placeholder_counts, drift=drift_counts,
+                            seconds=time.perf_counter() - started)
     logger.info("Run finalized in %.1f s: %d placeholders %s, drift %s", result.seconds,
                 sum(result.placeholders.values()), result.placeholders, result.drift)
     return result
 
 
-def _baselines(rows: pa.Table, earlier_runs: list[Path]) -> tuple[pa.Array, pa.Array, np.ndarray]:
-    """For each row: md5 and pHash of the latest earlier run where its reference was alive (null if none),
-    and whether any earlier run had the reference."""
-    latest: pa.Table | None = None  # ref_id, md5, phash of the last alive sighting
-    seen_ids: list[pa.Array] = []
-    for run_dir in earlier_runs:  # oldest first: later sightings replace earlier ones
+@contextmanager
+def _database() -> Iterator[Any]:
+    """An in-memory DuckDB limited to ``MEMORY_LIMIT``, spilling to a scratch folder removed afterwards."""
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="refwatch-finalize-") as scratch:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            con.execute(f"SET threads = {THREADS}")
+            con.execute(f"SET temp_directory = '{_quote(scratch)}'")
+            con.execute("SET preserve_insertion_order = false")
+            con.execute("SET enable_progress_bar = false")  # it would print into the crawl's --json output
+            yield con
+        finally:
+            con.close()
+
+
+def _baselines(con: Any, earlier_runs: list[Path]) -> None:
+    """``baseline(ref_id, md5, phash)``: for every reference an earlier run had, the hashes of its latest
+    alive sighting (null if it was never alive), so ``ref_id`` present means "seen before"."""
+    sources = []
+    for order, run_dir in enumerate(earlier_runs):
         files = sorted((run_dir / "outcomes").glob("part-*.parquet"))
-        if not files:
-            continue
-        earlier = pa.concat_tables([pq.read_table(f, columns=_BASE_COLUMNS) for f in files])
-        seen_ids.append(earlier["ref_id"].combine_chunks())
-        alive = earlier.filter(pc.equal(earlier["outcome"], "ok")).select(["ref_id", "md5", "phash"])
-        if latest is None:
-            latest = alive
-        else:
-            latest = pa.concat_tables([latest.filter(pc.invert(pc.is_in(latest["ref_id"], alive["ref_id"]))),
-                                       alive])
-    n = rows.num_rows
-    seen = np.zeros(n, dtype=bool)
-    if seen_ids:
-        seen = np.asarray(pc.is_in(rows["ref_id"], pa.concat_arrays(seen_ids)).to_numpy(zero_copy_only=False),
-                          dtype=bool)
-    if latest is None or latest.num_rows == 0:
-        empty = pa.nulls(n, pa.string())
-        return empty, empty, seen
-    position = pc.index_in(rows["ref_id"], latest["ref_id"])
-    return pc.take(latest["md5"], position), pc.take(latest["phash"], position), seen
+        if files:
+            sources.append(f"SELECT ref_id, outcome, md5, phash, {order} AS run_order "
+                           f"FROM read_parquet({_files(files)})")
+    if not sources:
+        con.execute("CREATE TEMP TABLE baseline (ref_id VARCHAR, md5 VARCHAR, phash VARCHAR)")
+        return
+    con.execute(f"""CREATE TEMP TABLE baseline AS
+        SELECT ref_id,
+               arg_max(md5, run_order) FILTER (WHERE outcome = 'ok') AS md5,
+               arg_max(phash, run_order) FILTER (WHERE outcome = 'ok') AS phash
+        FROM ({' UNION ALL '.join(sources)}) GROUP BY ref_id""")
 
 
-def _rewrite(parts: list[Path], decided: dict[str, pa.Array | pa.ChunkedArray], folder: Path,
-             rows_per_part: int) -> list[Path]:
-    """Stream the small parts, in order, into ``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows
-    with the decided columns set; one small part is in memory at a time (plus one row group)."""
+def _write_parts(batches: pa.RecordBatchReader, schema: pa.Schema, folder: Path, rows_per_part: int) -> list[Path]:
+    """Stream ``batches`` into ``part-fNNNNN.parquet`` files of up to ``rows_per_part`` rows each (each written
+    to a temporary name and renamed when complete), cast back to the crawl's schema."""
     written: list[Path] = []
     writer: pq.ParquetWriter | None = None
-    target = tmp = None
-    in_part = offset = 0
-    pending: list[pa.Table] = []
-
-    def flush() -> None:
-        if pending and writer is not None:
-            writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
-            pending.clear()
+    target = tmp = folder
+    in_part = 0
 
     def close() -> None:
         nonlocal writer
-        flush()
         if writer is not None:
             writer.close()
             os.replace(tmp, target)
             written.append(target)
             writer = None
 
-    for part in parts:
-        table = pq.read_table(part)
-        n = table.num_rows
-        for name, values in decided.items():
-            table = _set(table, name, values.slice(offset, n))
-        offset += n
+    for batch in batches:
+        table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
         start = 0
-        while start < n:
+        while start < table.num_rows:
             if writer is None:
                 target = folder / f"part-f{len(written):05d}.parquet"
                 tmp = target.with_name(f".{target.name}.tmp")
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 in_part = 0
-            take = min(n - start, rows_per_part - in_part)
-            pending.append(table.slice(start, take))
+            take = min(table.num_rows - start, rows_per_part - in_part)
+            writer.write_table(table.slice(start, take), row_group_size=_ROW_GROUP)
             start += take
             in_part += take
-            if sum(t.num_rows for t in pending) >= _ROW_GROUP:
-                flush()
             if in_part >= rows_per_part:
                 close()
     close()
     return written
 
 
-def _set(rows: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
-    field = rows.schema.field(name) if name in rows.schema.names else pa.field(name, pa.string())
-    values = values.cast(field.type)
-    if name in rows.schema.names:
-        return rows.set_column(rows.schema.get_field_index(name), field, values)
-    return rows.append_column(field, values)
+def _files(paths: list[Path]) -> str:
+    return "[" + ", ".join(f"'{_quote(str(p))}'" for p in paths) + "]"
 
 
-def _counts(values: pa.Array) -> dict[str | None, int]:
-    counted = pc.value_counts(values).to_pylist()
-    return {entry["values"]: entry["counts"] for entry in counted}
-
-
-def earlier_run_dirs(out: Path, manifest: Manifest, runs: list[Manifest]) -> list[Path]:
-    """The folders of ``runs`` (a series, oldest first) that started before ``manifest``'s run."""
-    return [out / "runs" / m.run_id for m in runs if m.run_id != manifest.run_id and m.started_at < manifest.started_at]
+def _quote(text: str) -> str:
+    return text.replace("'", "''")

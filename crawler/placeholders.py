@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 KINDS = ("final_url", "domain_path", "md5", "phash")
 
@@ -89,98 +88,91 @@ def read_known(path: str | os.PathLike[str] | None = None) -> KnownPlaceholders:
                              frozenset(found["md5"]), frozenset(found["phash"]))
 
 
-def detect(rows: pa.Table, rules: PlaceholderRules) -> tuple[np.ndarray, pa.Array]:
-    """``(is_placeholder, reason)`` for every row of a run (columns url, domain, outcome, md5, phash,
-    final_url, matched); reason is null where not a placeholder."""
-    n = rows.num_rows
-    rows = pa.table({name: rows[name].cast(pa.bool_() if name == "matched" else pa.string())
-                     for name in ("url", "domain", "outcome", "md5", "phash", "final_url", "matched")})
-    alive = _bool(pc.equal(rows["outcome"], "ok"))
-    eligible = alive & ~_bool(rows["matched"])
-    reasons = np.full(n, None, dtype=object)
-
-    def mark(mask: np.ndarray, reason: str) -> None:
-        chosen = mask & eligible & (reasons == None)  # noqa: E711 - elementwise on an object array
-        reasons[chosen] = reason
-
-    known = rules.known
-    final_url = rows["final_url"]
-    if known.final_urls:
-        mark(_bool(pc.is_in(final_url, pa.array(sorted(known.final_urls)))), "known_url")
-    if known.domain_paths:
-        mark(_known_domain_paths(final_url, eligible, known.domain_paths), "known_url")
-    if known.md5s:
-        mark(_bool(pc.is_in(pc.utf8_lower(rows["md5"]), pa.array(sorted(known.md5s)))), "known_hash")
-    if known.phashes:
-        mark(_bool(pc.is_in(pc.utf8_lower(rows["phash"]), pa.array(sorted(known.phashes)))), "known_hash")
-    redirected = eligible & _bool(pc.not_equal(final_url, rows["url"]))
-    mark(_shared(rows, redirected, "final_url", rules.min_redirects), "same_redirect_target")
-    for column in ("md5", "phash"):
-        mark(_shared(rows, eligible, column, rules.min_urls), "same_content")
-    return np.asarray(reasons != None), pa.array(reasons, type=pa.string())  # noqa: E711
+#: What ``mark_placeholders`` reads: a table of the run's rows with these columns (``_f``, ``_r``: a row's key).
+ROW_COLUMNS = ("_f", "_r", "url", "domain", "outcome", "md5", "phash", "final_url", "matched")
 
 
-def _shared(rows: pa.Table, among: np.ndarray, column: str, threshold: int) -> np.ndarray:
-    """Rows (within ``among``) whose (domain, ``column``) value is shared by >= threshold distinct URLs.
+def mark_placeholders(con: Any, rules: PlaceholderRules, rows: str = "cur") -> None:
+    """Create the table ``reasons(_f, _r, reason)`` in the DuckDB connection ``con``: the rows of ``rows`` that
+    are placeholders and why (the first rule that fits, in the order of the module docstring).
 
-    A value held by fewer rows than the threshold cannot qualify, so the rows are first narrowed to the
-    values that are common at all (one count over the column: almost every md5 is unique), and only those
-    few rows are grouped by domain and counted by distinct URL.
+    SQL, so a run of millions of rows is grouped within DuckDB's memory limit (it spills), not in Python.
     """
-    mask = np.zeros(rows.num_rows, dtype=bool)
-    if threshold < 1 or not among.any():
-        return mask
-    values = rows[column].filter(pa.array(among))
-    counted = pc.value_counts(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
-    common = counted.field("values").filter(pc.greater_equal(counted.field("counts"), threshold))
-    common = common.filter(pc.is_valid(common))  # null content is not shared content
-    if len(common) == 0:
-        return mask
-    index = np.flatnonzero(among & _bool(pc.is_in(rows[column], common)))
-    subset = pa.table({"domain": rows["domain"].take(index), "value": rows[column].take(index),
-                       "url": rows["url"].take(index), "row": pa.array(index)})
-    counts = subset.group_by(["domain", "value"]).aggregate([("url", "count_distinct")])
-    busy = counts.filter(pc.greater_equal(counts["url_count_distinct"], threshold))
-    if busy.num_rows:
-        hit = subset.join(busy, ["domain", "value"], join_type="inner")
-        mask[hit["row"].to_numpy()] = True
-    return mask
+    known = rules.known
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE eligible AS
+        SELECT _f, _r, url, domain, md5, phash, final_url FROM {rows}
+        WHERE outcome = 'ok' AND NOT coalesce(matched, false)""")
+    con.execute("CREATE OR REPLACE TEMP TABLE reasons (_f VARCHAR, _r BIGINT, reason VARCHAR)")
+
+    def add(reason: str, where: str, params: list[Any] | None = None) -> None:
+        con.execute(f"""INSERT INTO reasons SELECT e._f, e._r, '{reason}' FROM eligible e
+            WHERE ({where}) AND NOT EXISTS (SELECT 1 FROM reasons r WHERE r._f = e._f AND r._r = e._r)""",
+                    params or [])
+
+    if known.final_urls:
+        add("known_url", "e.final_url IN (SELECT unnest($1::VARCHAR[]))", [sorted(known.final_urls)])
+    if known.domain_paths:
+        _mark_known_domain_paths(con, known.domain_paths)
+    if known.md5s:
+        add("known_hash", "lower(e.md5) IN (SELECT unnest($1::VARCHAR[]))", [sorted(known.md5s)])
+    if known.phashes:
+        add("known_hash", "lower(e.phash) IN (SELECT unnest($1::VARCHAR[]))", [sorted(known.phashes)])
+    if rules.min_redirects >= 1:
+        add("same_redirect_target", f"""e.final_url <> e.url AND (e.domain, e.final_url) IN (
+            SELECT (domain, final_url) FROM eligible WHERE final_url <> url
+            GROUP BY domain, final_url HAVING count(DISTINCT url) >= {int(rules.min_redirects)})""")
+    if rules.min_urls >= 1:
+        for column in ("md5", "phash"):
+            add("same_content", f"""e.{column} IS NOT NULL AND (e.domain, e.{column}) IN (
+                SELECT (domain, {column}) FROM eligible WHERE {column} IS NOT NULL
+                GROUP BY domain, {column} HAVING count(DISTINCT url) >= {int(rules.min_urls)})""")
 
 
-def _path_of(urls: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """The path of each URL (scheme, host and query removed)."""
-    without_scheme = pc.replace_substring_regex(urls, r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", "")
-    return pc.replace_substring_regex(without_scheme, r"[?#].*$", "")
+def _mark_known_domain_paths(con: Any, domain_paths: frozenset[tuple[str, str]]) -> None:
+    """``known_url`` for rows whose final URL ends in a known path on its known domain: the path test in SQL
+    over every row, the domain (a Public Suffix List look-up) in Python for the few rows whose path fits."""
+    from crawler.domains import url_domain
+
+    suffixes = sorted({suffix.lower() for _, suffix in domain_paths})
+    candidates = con.execute("""SELECT DISTINCT e.final_url FROM eligible e, (SELECT unnest($1::VARCHAR[]) AS s) x
+        WHERE ends_with(lower(regexp_replace(regexp_replace(e.final_url, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*', ''),
+                                             '[?#].*$', '')), x.s)""", [suffixes]).fetchall()
+    known = []
+    for (final_url,) in candidates:
+        domain = url_domain(final_url)
+        path = _path_of_url(final_url).lower()
+        if any(domain == d and path.endswith(suffix.lower()) for d, suffix in domain_paths):
+            known.append(final_url)
+    if known:
+        con.execute("""INSERT INTO reasons SELECT e._f, e._r, 'known_url' FROM eligible e
+            WHERE e.final_url IN (SELECT unnest($1::VARCHAR[]))
+              AND NOT EXISTS (SELECT 1 FROM reasons r WHERE r._f = e._f AND r._r = e._r)""", [known])
 
 
-def _known_domain_paths(final_url: pa.ChunkedArray, among: np.ndarray,
-                        domain_paths: frozenset[tuple[str, str]]) -> np.ndarray:
-    """Rows (within ``among``) whose final URL is on a known (domain, path suffix): the path test first, over
-    every row at once; the domain (a Public Suffix List look-up) only for the few rows whose path fits."""
-    mask = np.zeros(len(final_url), dtype=bool)
-    path = pc.utf8_lower(_path_of(final_url))
-    fits = np.zeros(len(final_url), dtype=bool)
-    for suffix in {suffix.lower() for _, suffix in domain_paths}:
-        fits |= _bool(pc.ends_with(path, suffix))
-    candidates = np.flatnonzero(fits & among)
-    if not len(candidates):
-        return mask
-    domains = _domains_of(final_url.take(candidates))
-    paths = path.take(candidates).to_pylist()
-    for k, (domain, end) in enumerate(zip(domains, paths)):
-        if any(domain == d and end.endswith(suffix.lower()) for d, suffix in domain_paths):
-            mask[candidates[k]] = True
-    return mask
+def _path_of_url(url: str) -> str:
+    """The path of a URL (scheme, host, query and fragment removed)."""
+    import re
+
+    without = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", "", url)
+    return re.sub(r"[?#].*$", "", without)
 
 
-def _domains_of(urls: pa.Array | pa.ChunkedArray) -> list[str | None]:
-    """Registrable domain of each URL (looked up once per distinct host)."""
-    from crawler.domains import registrable_domain
+def detect(rows: pa.Table, rules: PlaceholderRules) -> tuple[np.ndarray, pa.Array]:
+    """``(is_placeholder, reason)`` for every row of an Arrow table (columns url, domain, outcome, md5, phash,
+    final_url, matched), through ``mark_placeholders``: for tests and small tables."""
+    import duckdb
 
-    hosts = pc.extract_regex(urls, r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)")
-    return [registrable_domain(host) if host else None for host in pc.struct_field(hosts, "host").to_pylist()]
-
-
-def _bool(values: Iterable) -> np.ndarray:
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
+    n = rows.num_rows
+    table = pa.table({"_f": pa.array([""] * n), "_r": pa.array(range(n), pa.int64()),
+                      **{name: rows[name].cast(pa.bool_() if name == "matched" else pa.string())
+                         for name in ROW_COLUMNS[2:]}})
+    con = duckdb.connect()
+    try:
+        con.register("cur_arrow", table)
+        con.execute("CREATE TEMP TABLE cur AS SELECT * FROM cur_arrow")
+        mark_placeholders(con, rules)
+        found = dict(con.execute("SELECT _r, reason FROM reasons").fetchall())
+    finally:
+        con.close()
+    reasons = [found.get(i) for i in range(n)]
+    return np.array([r is not None for r in reasons], dtype=bool), pa.array(reasons, type=pa.string())

@@ -38,6 +38,7 @@ def history_database(selection: Selection, *, memory_limit: str = DEFAULT_MEMORY
             con.execute(f"SET threads = {int(threads)}")
             con.execute(f"SET temp_directory = '{_sql_text(str(Path(scratch) / 'spill'))}'")
             con.execute("SET preserve_insertion_order = false")  # order is never relied on; saves memory
+            con.execute("SET enable_progress_bar = false")  # it would print into `--json -` output
             load_observations(con, selection)
             yield con
         finally:
