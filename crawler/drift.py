@@ -11,7 +11,8 @@ same series in which the reference was alive:
 - ``unknown``: nothing to compare (the first run of a snapshot without recorded hashes), or the md5s differ
   and one side has no pHash (a recorded md5 alone cannot tell a re-encode from another image).
 
-References that are not alive get no drift (null). Whole columns at a time: pure pyarrow/numpy, no row loop.
+References that are not alive get no drift (null). The rules are one SQL expression (``drift_sql``), which the
+end-of-run pass evaluates over a whole run in DuckDB; ``classify`` runs it over Arrow arrays.
 """
 
 from __future__ import annotations

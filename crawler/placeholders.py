@@ -11,7 +11,8 @@ Hosts answer removed images with a stock picture (Imgur redirects to ``removed.p
 - at least ``min_redirects`` distinct URLs of one domain were redirected to one final URL.
 
 A row that matched a hash list is never made a placeholder: a known image served at many URLs is exactly
-what must not disappear from the counts. Whole columns at a time (pyarrow group-bys), no row loop.
+what must not disappear from the counts. The rules run as SQL in DuckDB (``mark_placeholders``), grouping
+a whole run within a memory limit; ``detect`` runs them over an Arrow table.
 """
 
 from __future__ import annotations
