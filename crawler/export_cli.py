@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -29,7 +28,8 @@ def add_export_command(subparsers: Any) -> None:
                    help="comma-separated: matched (live or recorded hashes), dead, failed, placeholder, opted_out")
     p.add_argument("--out", required=True, metavar="FILE", help="the cleaned snapshot (same format as SNAPSHOT)")
     p.add_argument("--runs-dir", default=DEFAULT_OUT, metavar="OUT",
-                   help=f"the crawl's output folder holding runs/ (default {DEFAULT_OUT})")
+                   help=f"the crawl's output folder holding runs/, or s3://BUCKET/PREFIX (default {DEFAULT_OUT})")
+    p.add_argument("--s3-endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for s3:// --runs-dir")
     p.add_argument("--opt-out", metavar="FILE", default=None,
                    help="URLs and domains to drop with --drop opted_out: one a line, # comments")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -39,7 +39,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Run ``refwatch export-clean``; returns the exit status (bad input: one line on stderr, status 2)."""
     from crawler.export import ExportError, export_clean
 
-    run_dir = Path(args.runs_dir) / "runs" / args.run
+    from crawler.objectstore import StoreError
+    from crawler.remote import local_copy
+
+    try:
+        run_dir = local_copy(args.runs_dir, f"runs/{args.run}/", endpoint_url=args.s3_endpoint_url) / "runs" / args.run
+    except StoreError as exc:
+        print(f"refwatch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         result = export_clean(args.snapshot, run_dir, args.out, args.drop.split(","), opt_out=args.opt_out,
                               force=args.force)

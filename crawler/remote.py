@@ -96,6 +96,16 @@ class RemoteOutputs:
         return count
 
 
+def local_copy(out: str, prefix: str, *, endpoint_url: str | None = None, staging_base: str | None = None) -> Path:
+    """A local folder holding what ``out`` has under ``prefix`` (``runs/`` for the report, one run for
+    export-clean): ``out`` itself when it is a folder, else its staging copy, brought up to date from S3."""
+    if not is_remote(out):
+        return Path(out)
+    staging = staging_dir(out, staging_base)
+    RemoteOutputs.open(out, staging, {"endpoint_url": endpoint_url}).pull(prefix)
+    return staging
+
+
 def check_remote(out_url: str, options: dict[str, Any]) -> None:
     """Reach the output store before crawling: a wrong bucket, endpoint or credentials is bad input."""
     store = open_store(out_url, endpoint_url=options.get("endpoint_url"), sse=options.get("sse"),
@@ -103,4 +113,4 @@ def check_remote(out_url: str, options: dict[str, Any]) -> None:
     store.check()
 
 
-__all__ = ["RemoteOutputs", "StoreError", "check_remote", "is_remote", "staging_dir"]
+__all__ = ["RemoteOutputs", "StoreError", "check_remote", "is_remote", "local_copy", "staging_dir"]

@@ -286,6 +286,16 @@ def test_outputs_on_s3(web: SampleWeb, s3_server, tmp_path: Path) -> None:
     assert summary["drift"]["near"] == 1 and summary["drift"]["same"] == 1
     body = s3_server.client().get_object(Bucket=bucket, Key="audits/laion/runs/two/manifest.json")["Body"].read()
     assert json.loads(body)["status"] == "finished"
+    # the report and export-clean read an s3:// output too (synced into a staging folder first)
+    env = {"TMPDIR": str(tmp_path / "machine-c")}
+    (tmp_path / "machine-c").mkdir()
+    report = run_refwatch("report", "--out", out, "--s3-endpoint-url", s3_server.endpoint, "--json", "-", env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert [run["run_id"] for run in json.loads(report.stdout)["runs"]] == ["one", "two"]
+    cleaned = run_refwatch("export-clean", str(snapshot), "--run", "two", "--drop", "dead", "--runs-dir", out,
+                           "--s3-endpoint-url", s3_server.endpoint, "--out", str(tmp_path / "clean.csv"), env=env)
+    assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+    assert (tmp_path / "clean.csv").read_text() == snapshot.read_text()  # nothing was dead
     bad = run_refwatch("crawl", str(snapshot), "--out", "s3://no-such-bucket-here/x", "--s3-endpoint-url",
                        s3_server.endpoint, "--no-progress", "--allow-private-networks")
     assert bad.returncode == 2 and "no-such-bucket-here" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -43,7 +43,9 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def _add_report_options(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--out", default=default_out, help=f"the crawls' output folder (default {default_out})")
+    p.add_argument("--out", default=default_out,
+                   help=f"the crawls' output folder, or s3://BUCKET/PREFIX (default {default_out})")
+    p.add_argument("--s3-endpoint-url", default=None, metavar="URL", help="S3-compatible endpoint for an s3:// --out")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--series", default=None, help="report this series (default: the newest finished run's)")
     which.add_argument("--runs", type=_run_ids, default=None, metavar="A,B,...",
@@ -63,8 +65,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from crawler.report.selection import ReportError, load_selection
     from crawler.report.tables import history_database
 
+    from crawler.objectstore import StoreError
+    from crawler.remote import local_copy
+
     try:
-        selection = load_selection(Path(args.out), series=args.series, run_ids=args.runs)
+        out = local_copy(args.out, "runs/", endpoint_url=args.s3_endpoint_url)  # an s3:// output: synced down
+    except StoreError as exc:
+        print(f"refwatch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        selection = load_selection(out, series=args.series, run_ids=args.runs)
         with history_database(selection) as con:
             report = build_report(con, selection, top_domains=args.top_domains,
                                   min_domain_references=args.min_domain_refs)
