@@ -49,6 +49,7 @@ from crawler.objectstore import (
     RetryingStore,
     StoreError,
     open_store,
+    store_options,
 )
 from crawler.queue_consumer import BatchReader
 from crawler.queue_model import Batch, QueueCloseError, QueueError, QueueStats
@@ -146,9 +147,7 @@ def queue_options(settings: SettingsLike) -> dict[str, Any]:
     """``open_queue``'s keyword arguments from the ``REFWATCH_*`` settings (a Scrapy ``Settings`` or a dict)."""
     try:
         return {
-            "endpoint_url": settings.get("REFWATCH_S3_ENDPOINT_URL") or None,
-            "sse": settings.get("REFWATCH_S3_SSE") or None,
-            "sse_kms_key_id": settings.get("REFWATCH_S3_SSE_KMS_KEY_ID") or None,
+            **store_options(settings),
             "batch_events": int(settings.get("REFWATCH_QUEUE_BATCH_EVENTS", 500)),
             "batch_seconds": float(settings.get("REFWATCH_QUEUE_BATCH_SECONDS", 2.0)),
             "close_timeout": float(settings.get("REFWATCH_QUEUE_CLOSE_TIMEOUT", 300.0)),

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crawler.history import Manifest, SnapshotFile, read_manifest
+from crawler.history import Manifest, SnapshotFile, outcome_parts, read_manifest
 from crawler.optout import OptOut, read_opt_out
 from crawler.outcomes import OUTCOME_GROUPS
 from crawler.references import SnapshotError
@@ -111,7 +111,7 @@ class RunLookup:
 def read_run(run_dir: Path, reasons: Sequence[str]) -> RunLookup:
     """One row per reference of the run's outcomes (the most severe verdict when it has several)."""
     outcomes = run_dir / "outcomes"
-    parts = sorted(outcomes.glob("part-*.parquet"))
+    parts = outcome_parts(run_dir)
     if not parts:
         raise ExportError(f"{outcomes}: the run has no outcome files (part-*.parquet)")
     tables = []

@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 
 from crawler import placeholders
 from crawler.drift import drift_sql
+from crawler.duck import open_duckdb, sql_files
+from crawler.history import outcome_parts
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +56,14 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
     ``earlier_runs`` are the run folders of the same series that started before, oldest first.
     """
     started = time.perf_counter()
-    parts = sorted((run_dir / "outcomes").glob("part-*.parquet"))
+    parts = outcome_parts(run_dir)
     if not parts:
         return FinalizeResult({}, {}, 0.0)
     schema = pq.read_schema(parts[0])
     with _database() as con:
         con.execute(f"""CREATE TEMP TABLE cur AS SELECT filename AS _f, file_row_number AS _r, ref_id,
             {', '.join(placeholders.ROW_COLUMNS[2:])}, recorded_md5, recorded_phash
-            FROM read_parquet({_files(parts)}, filename = true, file_row_number = true)""")
+            FROM read_parquet({sql_files(parts)}, filename = true, file_row_number = true)""")
         placeholders.mark_placeholders(con, rules)
         _baselines(con, earlier_runs)
         con.execute(f"""CREATE TEMP TABLE decided AS
@@ -88,7 +90,7 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
             SELECT p.* EXCLUDE (filename, file_row_number, outcome{''.join(', ' + n for n in replaced)}),
                 CASE WHEN d.reason IS NOT NULL THEN 'placeholder' ELSE p.outcome END AS outcome,
                 d.drift AS drift, d.reason AS placeholder_reason
-            FROM read_parquet({_files(parts)}, filename = true, file_row_number = true) p
+            FROM read_parquet({sql_files(parts)}, filename = true, file_row_number = true) p
             JOIN decided d ON d._f = p.filename AND d._r = p.file_row_number
             ORDER BY p.filename, p.file_row_number""")
         written = _write_parts(final.to_arrow_reader(_ROW_GROUP), schema, run_dir / "outcomes",
@@ -106,16 +108,9 @@ def finalize_run(run_dir: Path, earlier_runs: list[Path], rules: placeholders.Pl
 @contextmanager
 def _database() -> Iterator[Any]:
     """An in-memory DuckDB limited to ``MEMORY_LIMIT``, spilling to a scratch folder removed afterwards."""
-    import duckdb
-
     with tempfile.TemporaryDirectory(prefix="refwatch-finalize-") as scratch:
-        con = duckdb.connect()
+        con = open_duckdb(Path(scratch), memory_limit=MEMORY_LIMIT, threads=THREADS)
         try:
-            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-            con.execute(f"SET threads = {THREADS}")
-            con.execute(f"SET temp_directory = '{_quote(scratch)}'")
-            con.execute("SET preserve_insertion_order = false")
-            con.execute("SET enable_progress_bar = false")  # it would print into the crawl's --json output
             yield con
         finally:
             con.close()
@@ -126,10 +121,10 @@ def _baselines(con: Any, earlier_runs: list[Path]) -> None:
     alive sighting (null if it was never alive), so ``ref_id`` present means "seen before"."""
     sources = []
     for order, run_dir in enumerate(earlier_runs):
-        files = sorted((run_dir / "outcomes").glob("part-*.parquet"))
+        files = outcome_parts(run_dir)
         if files:
             sources.append(f"SELECT ref_id, outcome, md5, phash, {order} AS run_order "
-                           f"FROM read_parquet({_files(files)})")
+                           f"FROM read_parquet({sql_files(files)})")
     if not sources:
         con.execute("CREATE TEMP TABLE baseline (ref_id VARCHAR, md5 VARCHAR, phash VARCHAR)")
         return
@@ -174,10 +169,3 @@ def _write_parts(batches: pa.RecordBatchReader, schema: pa.Schema, folder: Path,
     close()
     return written
 
-
-def _files(paths: list[Path]) -> str:
-    return "[" + ", ".join(f"'{_quote(str(p))}'" for p in paths) + "]"
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")

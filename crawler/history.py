@@ -93,6 +93,11 @@ def series_id(snapshots: Sequence[SnapshotFile]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
+def outcome_parts(run_dir: Path) -> list[Path]:
+    """A run's outcome files, in order: ``outcomes/part-*.parquet`` (crawl-time parts, then final ones)."""
+    return sorted((run_dir / "outcomes").glob("part-*.parquet"))
+
+
 def write_manifest(run_dir: Path, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically (a reader sees the old one or the new one)."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,15 @@ class RetryingStore:
                 logger.warning("%s (attempt %d of %d; retrying in %.1f s)", exc, attempt + 1, self._attempts, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def store_options(settings: Any) -> dict[str, Any]:
+    """``open_store``'s S3 keyword arguments from the ``REFWATCH_S3_*`` settings (none when ``settings`` is None)."""
+    if settings is None:
+        return {}
+    return {"endpoint_url": settings.get("REFWATCH_S3_ENDPOINT_URL") or None,
+            "sse": settings.get("REFWATCH_S3_SSE") or None,
+            "sse_kms_key_id": settings.get("REFWATCH_S3_SSE_KMS_KEY_ID") or None}
 
 
 def open_store(url: str, *, endpoint_url: str | None = None, sse: str | None = None,

@@ -53,6 +53,16 @@ class PlaceholderRules:
     min_redirects: int = 20  # distinct URLs of one domain redirected to one final URL
 
 
+def rules_from_settings(settings: Any) -> PlaceholderRules:
+    """The rules the settings ask for: the shipped known list plus ``REFWATCH_PLACEHOLDERS``, and thresholds."""
+    known = read_known()
+    user_list = settings.get("REFWATCH_PLACEHOLDERS")
+    if user_list:
+        known = known.merged(read_known(user_list))
+    return PlaceholderRules(known=known, min_urls=settings.getint("REFWATCH_PLACEHOLDER_MIN_URLS"),
+                            min_redirects=settings.getint("REFWATCH_PLACEHOLDER_MIN_REDIRECTS"))
+
+
 def read_known(path: str | os.PathLike[str] | None = None) -> KnownPlaceholders:
     """The shipped list, or the list at ``path``: ``kind,value[,note]`` lines, ``#`` comments."""
     if path is None:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crawler.history import outcome_parts
 from crawler.outcomes import OUTCOME_GROUPS
 
 
@@ -34,7 +35,7 @@ def outcome_words(groups: Iterable[str]) -> list[str]:
 
 
 def _parts(run_dir: Path) -> list[Path]:
-    parts = sorted((run_dir / "outcomes").glob("part-*.parquet"))
+    parts = outcome_parts(run_dir)
     if not parts:
         raise RecheckError(f"{run_dir}: no outcomes to re-check (is it a run of this output folder?)")
     return parts
@@ -53,8 +54,7 @@ def recheck_selection(run_dir: Path, groups: Iterable[str]) -> frozenset[str]:
 def carry_over(run_dir: Path, earlier_run_dir: Path) -> int:
     """Copy ``earlier_run_dir``'s rows for references ``run_dir`` did not fetch, as one more part; returns how
     many. Written to a temporary name and renamed, like every part."""
-    fetched = [pq.read_table(part, columns=["ref_id"])["ref_id"] for part in
-               sorted((run_dir / "outcomes").glob("part-*.parquet"))]
+    fetched = [pq.read_table(part, columns=["ref_id"])["ref_id"] for part in outcome_parts(run_dir)]
     fetched_ids = pa.chunked_array(fetched, pa.string()).combine_chunks() if fetched else pa.array([], pa.string())
     run_id = run_dir.name
     carried = []

@@ -46,9 +46,7 @@ class RemoteOutputs:
 
     @classmethod
     def open(cls, out_url: str, staging: Path, options: dict[str, Any]) -> RemoteOutputs:
-        store = open_store(out_url, endpoint_url=options.get("endpoint_url"), sse=options.get("sse"),
-                           sse_kms_key_id=options.get("sse_kms_key_id"))
-        return cls(RetryingStore(store), staging)
+        return cls(RetryingStore(open_store(out_url, **options)), staging)
 
     @property
     def url(self) -> str:
@@ -108,9 +106,7 @@ def local_copy(out: str, prefix: str, *, endpoint_url: str | None = None, stagin
 
 def check_remote(out_url: str, options: dict[str, Any]) -> None:
     """Reach the output store before crawling: a wrong bucket, endpoint or credentials is bad input."""
-    store = open_store(out_url, endpoint_url=options.get("endpoint_url"), sse=options.get("sse"),
-                       sse_kms_key_id=options.get("sse_kms_key_id"))
-    store.check()
+    open_store(out_url, **options).check()
 
 
 __all__ = ["RemoteOutputs", "StoreError", "check_remote", "is_remote", "local_copy", "staging_dir"]

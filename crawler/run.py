@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crawler.history import Manifest, describe_snapshots, parameters_for_manifest, series_id, write_manifest
+from crawler.objectstore import store_options
 from crawler.remote import RemoteOutputs, is_remote, staging_dir
 
 
@@ -81,14 +82,6 @@ def run_context(out: str | os.PathLike[str], run_id: str | None, queue_url: str 
     return RunContext(run_id=run_id or new_run_id(), out_dir=out_dir, queue_url=queue)
 
 
-def store_options(settings: Any) -> dict[str, Any]:
-    """S3 endpoint and encryption from the ``REFWATCH_S3_*`` settings (none when ``settings`` is None)."""
-    if settings is None:
-        return {}
-    return {"endpoint_url": settings.get("REFWATCH_S3_ENDPOINT_URL") or None,
-            "sse": settings.get("REFWATCH_S3_SSE") or None,
-            "sse_kms_key_id": settings.get("REFWATCH_S3_SSE_KMS_KEY_ID") or None}
-
 
 def utc_now() -> str:
     """Now as ISO-8601 UTC with a ``Z``, to the microsecond (manifests order runs by it)."""
@@ -113,14 +106,3 @@ def finish_manifest(run: RunContext, manifest: Manifest) -> None:
     write_manifest(run.run_dir, manifest)
     run.publish(run.run_dir / "manifest.json")
 
-
-def placeholder_rules(settings: Any) -> Any:
-    """The placeholder rules the settings ask for: the shipped known list plus the user's, and thresholds."""
-    from crawler.placeholders import PlaceholderRules, read_known
-
-    known = read_known()
-    user_list = settings.get("REFWATCH_PLACEHOLDERS")
-    if user_list:
-        known = known.merged(read_known(user_list))
-    return PlaceholderRules(known=known, min_urls=settings.getint("REFWATCH_PLACEHOLDER_MIN_URLS"),
-                            min_redirects=settings.getint("REFWATCH_PLACEHOLDER_MIN_REDIRECTS"))

@@ -50,10 +50,9 @@ def check_inputs(settings: Settings) -> None:
     """
     from crawler.eventqueue import QueueError, queue_options
     from crawler.hashlist import HashListError
-    from crawler.objectstore import StoreError
     from crawler.references import SnapshotError
     from crawler.remote import check_remote, is_remote
-    from crawler.run import store_options
+    from crawler.objectstore import StoreError, store_options
 
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):

@@ -26,10 +26,11 @@ from twisted.internet.threads import deferToThread
 
 from crawler.domains import url_domain
 from crawler.finalize import finalize_run
-from crawler.history import Manifest, series_runs
+from crawler.history import Manifest, outcome_parts, series_runs
 from crawler.items import OutcomeItem
 from crawler.recheck import carry_over
-from crawler.run import finish_manifest, placeholder_rules, start_manifest
+from crawler.placeholders import rules_from_settings
+from crawler.run import finish_manifest, start_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class OutcomeWriterPipeline:
         for m in earlier:
             run.pull(f"runs/{m.run_id}/outcomes/")  # drift compares with them (a no-op for a local output)
         result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
-                              placeholder_rules(settings), settings.getdict("REFWATCH_RADII").get("phash", 8),
+                              rules_from_settings(settings), settings.getdict("REFWATCH_RADII").get("phash", 8),
                               settings.getint("REFWATCH_FINAL_PART_ROWS"))
         placeholders = sum(result.placeholders.values())
         updates: dict[str, tuple[str, int]] = {"refwatch/outcome/ok": ("inc", -placeholders),
@@ -185,7 +186,7 @@ class OutcomeWriterPipeline:
         if recheck:  # the rows this partial run did not fetch, copied from the run it re-checks
             updates["refwatch/carried_rows"] = ("set", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
         if run.remote is not None:  # the finished parts replace what was uploaded while crawling
-            parts = sorted(run.outcomes_dir.glob("part-*.parquet"))
+            parts = outcome_parts(run.run_dir)
             for part in parts:
                 run.publish(part)
             run.remote.delete_stale(f"runs/{run.run_id}/outcomes/", {run.remote.key(part) for part in parts})

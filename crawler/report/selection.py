@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawler.history import MANIFEST_NAME, Manifest, read_manifest
+from crawler.history import MANIFEST_NAME, Manifest, outcome_parts, read_manifest
 
 FINISHED = "finished"
 
@@ -91,7 +91,7 @@ def run_from_manifest(manifest: Manifest, run_dir: Path) -> Run:
         recheck_of=manifest.recheck_of,
         only=tuple(str(word) for word in manifest.only) if manifest.only is not None else None,
         run_dir=run_dir,
-        parts=tuple(sorted((run_dir / "outcomes").glob("part-*.parquet"))),
+        parts=tuple(outcome_parts(run_dir)),
     )
 
 

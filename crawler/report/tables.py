@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 
+from crawler.duck import open_duckdb, sql_text
 from crawler.report.selection import BOOL, READ_COLUMNS, Part, ReportError, Selection
 
 DUCKDB_TYPES = {"string": "VARCHAR", BOOL: "BOOLEAN"}
@@ -32,13 +33,9 @@ def history_database(selection: Selection, *, memory_limit: str = DEFAULT_MEMORY
                      threads: int = DEFAULT_THREADS) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection holding ``obs`` for the selection; the database and its spill folder go at exit."""
     with tempfile.TemporaryDirectory(prefix="refwatch-report-") as scratch:
-        con = duckdb.connect(str(Path(scratch) / "history.duckdb"))
+        con = open_duckdb(Path(scratch), memory_limit=memory_limit, threads=threads,
+                          database=Path(scratch) / "history.duckdb")
         try:
-            con.execute(f"SET memory_limit = '{memory_limit}'")
-            con.execute(f"SET threads = {int(threads)}")
-            con.execute(f"SET temp_directory = '{_sql_text(str(Path(scratch) / 'spill'))}'")
-            con.execute("SET preserve_insertion_order = false")  # order is never relied on; saves memory
-            con.execute("SET enable_progress_bar = false")  # it would print into `--json -` output
             load_observations(con, selection)
             yield con
         finally:
@@ -79,7 +76,7 @@ def run_select(index: int, parts: tuple[Part, ...]) -> str:
     def column(name: str) -> str:
         return f'"{name}"' if name in present else f"NULL::{DUCKDB_TYPES[READ_COLUMNS[name]]}"
 
-    files = ", ".join(f"'{_sql_text(str(part.path))}'" for part in parts)
+    files = ", ".join(f"'{sql_text(str(part.path))}'" for part in parts)
     return f"""
         SELECT {index}::USMALLINT, ref_id, outcome, {column('drift')},
                coalesce({column('matched')}, false), coalesce({column('recorded_matched')}, false),
@@ -89,7 +86,3 @@ def run_select(index: int, parts: tuple[Part, ...]) -> str:
         FROM read_parquet([{files}], union_by_name = true)
     """
 
-
-def _sql_text(text: str) -> str:
-    """``text`` inside a single-quoted SQL literal."""
-    return text.replace("'", "''")
