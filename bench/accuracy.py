@@ -11,7 +11,7 @@ holds the figures of a full run and what they mean).
 Needs scikit-image and scikit-learn (for their packaged sample photographs; nothing is downloaded) on top of
 refwatch's own dependencies. Without them the run goes on with the synthetic corpus alone and says so.
 
-**Corpus.** ``crawler.synthetic``'s images are built for tests: their hashed DCT coefficients are balanced
+**Corpus.** ``crawler.sample.images``'s images are built for tests: their hashed DCT coefficients are balanced
 random signs far from every threshold, so two of them sit ~32 pHash bits apart and copies barely move. That
 flatters both recall and the false-positive rate, so the corpus here is drawn by ``scene_image`` instead:
 photo-like scenes with the statistics that make real images collide - a 1/f ("pink") spectrum, shared
@@ -20,14 +20,14 @@ shapes, textures, blur, vignetting, sensor noise - in seven kinds (landscape, st
 document, night, flat graphic) at sizes from 200 to 900 pixels a side in nine aspect ratios. To these come
 the real photographs that scikit-image and scikit-learn ship (astronaut, camera, coffee, chelsea, rocket,
 china, flower...; synthetic test patterns and duplicates such as ``cat`` = ``chelsea`` are left out), used
-as originals and in the pairs like the scenes. ``crawler.synthetic`` images (seeds from 2048, whose pHash
+as originals and in the pairs like the scenes. ``crawler.sample.images`` images (seeds from 2048, whose pHash
 signs are random rather than BCH codewords) are hashed too, as a contrast group, for their pairs only.
 
 **Originals and copies.** An original is stored as JPEG quality 95, like most pictures on the web, and its
 hashes are what a list entry would hold. Every transformation starts from the decoded original; geometric
 and tonal ones are written losslessly (BMP) so that a row measures that transformation alone, the encoding
 rows re-encode the same pixels, and ``thumb_jpeg75`` combines a 0.5x downscale with JPEG 75 as re-hosting
-sites do. Everything is hashed with ``crawler.hashing.hash_bytes``, the function the crawl uses.
+sites do. Everything is hashed with ``crawler.hashing.digest.hash_bytes``, the function the crawl uses.
 
 **Definitions.** A copy is recalled at radius r when its Hamming distance to its original is <= r; for PDQ
 both hashes must also have quality >= ``PDQ_MIN_QUALITY`` (copies or originals below it count as misses).
@@ -62,15 +62,15 @@ if str(REPO_ROOT) not in sys.path:
 import imagehash  # noqa: E402
 import pdqhash  # noqa: E402
 
-from crawler import hashing  # noqa: E402
-from crawler.matching import DEFAULT_RADII, PDQ_MIN_QUALITY  # noqa: E402
-from crawler.synthetic import CODED_SEEDS, synthetic_image  # noqa: E402
+from crawler.hashing import digest as hashing  # noqa: E402
+from crawler.matching.matcher import DEFAULT_RADII, PDQ_MIN_QUALITY  # noqa: E402
+from crawler.sample.images import CODED_SEEDS, synthetic_image  # noqa: E402
 
 logger = logging.getLogger("bench.accuracy")
 
 ALGORITHMS = ("phash", "dhash", "pdq")
 BITS = {"phash": 64, "dhash": 64, "pdq": 256}
-# Radii of the trade-off tables, always with the defaults (crawler.matching.DEFAULT_RADII) among them.
+# Radii of the trade-off tables, always with the defaults (crawler.matching.matcher.DEFAULT_RADII) among them.
 RADII = {
     algorithm: tuple(sorted(set(radii) | {DEFAULT_RADII[algorithm]}))
     for algorithm, radii in (
@@ -83,7 +83,7 @@ NEAREST = 5  # closest unrelated pairs listed per hash
 LIST_SIZE = 1_000_000  # "expected unrelated matches per query" is quoted against a list this long
 ORIGINAL_QUALITY = 95  # JPEG quality the originals are stored at
 SCENE_SEED_BASE = 1_000_000  # scene seeds live in their own range, clear of any test fixture's seed
-FIXTURE_SEED_BASE = CODED_SEEDS  # crawler.synthetic seeds from here on are not BCH-coded
+FIXTURE_SEED_BASE = CODED_SEEDS  # crawler.sample.images seeds from here on are not BCH-coded
 
 # ---------------------------------------------------------------------------------------------------------
 # The corpus: photo-like procedural scenes
@@ -612,7 +612,7 @@ def _words(hex_hash: str) -> np.ndarray:
 
 
 def _pdq_input(rgb: Image.Image) -> np.ndarray:
-    """The pixels PDQ sees: ``crawler.hashing._pdq``'s shrink to fit 512x512, bicubic, reducing_gap=2."""
+    """The pixels PDQ sees: ``crawler.hashing.digest._pdq``'s shrink to fit 512x512, bicubic, reducing_gap=2."""
     limit = hashing.PDQ_MAX_DIMENSION
     if rgb.width > limit or rgb.height > limit:
         scale = limit / max(rgb.width, rgb.height)
@@ -1010,7 +1010,7 @@ def group_tables(corpus: Corpus, pairs: dict[str, Pairs], fixture_pairs: dict[st
     rows.append(cells)
     if fixture_pairs:
         total = fixture_pairs["phash"].total
-        cells = [f"crawler.synthetic fixtures (contrast, {len(corpus.fixtures)} images)", f"{total:,}"]
+        cells = [f"crawler.sample.images fixtures (contrast, {len(corpus.fixtures)} images)", f"{total:,}"]
         for algorithm in ("phash", "dhash", "pdq", "pdq_dihedral"):
             p = fixture_pairs[algorithm]
             radius = DEFAULT_RADII[algorithm.split("_")[0]]
@@ -1131,7 +1131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="synthetic scenes in the corpus (default 2000)")
     parser.add_argument("--fixtures", type=int, default=300,
-                        help="crawler.synthetic images in the contrast group (default 300)")
+                        help="crawler.sample.images images in the contrast group (default 300)")
     parser.add_argument("--quick", action="store_true", help="200 scenes and 50 fixtures: a check in 1-3 minutes")
     parser.add_argument("--no-photos", action="store_true", help="leave the packaged photographs out")
     parser.add_argument("--seed", type=int, default=0, help="offset added to every seed (another corpus draw)")

@@ -4,7 +4,7 @@ Not a test: run it by hand from the repository root and read the table it prints
 
     python bench/crawl_bench.py                              # 5,000 refs, CLI default concurrency (64)
     python bench/crawl_bench.py --concurrency 16,64,128      # one crawl per value, same server and snapshot
-    python bench/crawl_bench.py --server sampleweb           # the same crawl against crawler.sampleweb
+    python bench/crawl_bench.py --server sampleweb           # the same crawl against crawler.sample.web
     python bench/crawl_bench.py --flat-memory                # 100,000 refs, mostly 404s; RSS sampled each second
     python bench/crawl_bench.py --flat-memory --refs 200000
     python bench/crawl_bench.py --profile /tmp/crawl.pstats  # one crawl under cProfile (every thread, CPU time)
@@ -13,14 +13,14 @@ What runs where (the machine has 2 cores, so each process is counted on its own)
 
 * the image server is a child process (``_serve``), so it shares no GIL with this harness or the crawl. The
   default ``fast`` server is an asyncio HTTP/1.1 keep-alive server answering from pre-built responses in
-  memory: ``/img/<seed>.jpg`` is image ``seed % --distinct`` (256x256 ``crawler.synthetic.synthetic_jpeg``),
-  ``/status/<code>`` is that status, anything else 404. ``--server sampleweb`` runs ``crawler.sampleweb``
+  memory: ``/img/<seed>.jpg`` is image ``seed % --distinct`` (256x256 ``crawler.sample.images.synthetic_jpeg``),
+  ``/status/<code>`` is that status, anything else 404. ``--server sampleweb`` runs ``crawler.sample.web``
   (a ``ThreadingHTTPServer``) instead, its image cache pre-filled with the same bytes, to see whether it keeps
   up. The server's own CPU is measured too: near 1,000 ms per wall second it is the bottleneck.
 * the server listens on ``--hosts`` loopback addresses (127.0.0.1 ... 127.0.0.K, one port each) so the
   crawl sees K hosts, as a broad crawl does: Scrapy limits requests per host (``--per-host``, default 8), so
   with one host ``--concurrency`` above 8 would change nothing.
-* the crawl is ``python -m crawler.cli crawl SNAPSHOT --out DIR --run-id ID --allow-private-networks --json
+* the crawl is ``python -m crawler.cli.main crawl SNAPSHOT --out DIR --run-id ID --allow-private-networks --json
   --no-progress [--concurrency N] [--per-host N]``, a child process. Its wall time (including start-up) and
   CPU come from ``os.wait4`` on it; its peak RSS is the last VmHWM read from ``/proc/<pid>/status`` while it
   runs (not ``ru_maxrss``: Linux carries the forking harness's own high-water mark over the exec into it); progress is the number of outcome rows in the Parquet parts it has
@@ -93,7 +93,7 @@ def _make_images(distinct: int) -> list[bytes]:
     """``distinct`` synthetic 256x256 JPEGs, made with every core (deterministic: a pure function of seed)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from crawler.synthetic import synthetic_jpeg
+    from crawler.sample.images import synthetic_jpeg
 
     workers = max(1, min(os.cpu_count() or 1, 4))
     if distinct < 50 or workers == 1:
@@ -217,7 +217,7 @@ def serve_fast(hosts: list[str], images: list[bytes]) -> None:
 
 
 def serve_sampleweb(hosts: list[str], images: list[bytes]) -> None:
-    from crawler.sampleweb import SampleWeb
+    from crawler.sample.web import SampleWeb
 
     webs = [SampleWeb(host=host) for host in hosts]
     # Bench-only peek at a private cache: fill it with the bytes the fast server sends, so both serve the
@@ -284,7 +284,7 @@ class Server:
 def running_server(kind: str, hosts: int, distinct: int) -> Iterator[Server]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", "--kind", kind, "--hosts", str(hosts),
            "--distinct", str(distinct)]
-    # One BLAS thread: crawler.synthetic's small matrix products run 2-3x slower with OpenBLAS's default
+    # One BLAS thread: crawler.sample.images's small matrix products run 2-3x slower with OpenBLAS's default
     # thread per core on this 2-core machine (measured: 34 ms vs 14 ms an image).
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env)
@@ -440,7 +440,7 @@ def run_crawl(snapshot: Path, out: Path, run_id: str, *, concurrency: int | None
     if per_host is not None:
         args += ["--per-host", str(per_host)]
     if profile is None:
-        cmd = [sys.executable, "-m", "crawler.cli", *args]
+        cmd = [sys.executable, "-m", "crawler.cli.main", *args]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "_profiled", str(profile), profile_timer, *args]
     run_dir = out / "runs" / run_id
@@ -598,7 +598,7 @@ def print_memory(result: CrawlResult, refs: int) -> None:
 
 
 def cmd_profiled(argv: Sequence[str]) -> int:
-    """Run ``crawler.cli.main(argv[2:])`` with a cProfile profiler in every thread; argv[:2] = FILE, TIMER.
+    """Run ``crawler.cli.main.main(argv[2:])`` with a cProfile profiler in every thread; argv[:2] = FILE, TIMER.
 
     TIMER ``cpu`` is ``time.thread_time`` (a system call per event: ~4x slower, and call-heavy code looks
     costlier than it is); ``wall`` is cProfile's own clock (~2x slower, but time spent waiting for the GIL
@@ -626,7 +626,7 @@ def cmd_profiled(argv: Sequence[str]) -> int:
                 finished.append(profiler)
 
     threading.Thread.run = profiled_run  # type: ignore[method-assign]
-    from crawler.cli import main
+    from crawler.cli.main import main
 
     main_profiler = new_profiler()
     main_profiler.enable()
@@ -657,7 +657,7 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("/asyncio/", "asyncio"),
     ("/logging/", "logging"),
     ("/concurrent/", "concurrent.futures"),
-    ("/crawler/hashing.py", "refwatch hashing.py"),
+    ("/crawler/hashing/digest.py", "refwatch hashing.py"),
     ("/crawler/pipelines/", "refwatch pipelines"),
     ("/crawler/readers/", "refwatch readers"),
     ("/crawler/", "refwatch other"),

@@ -8,7 +8,7 @@ Not a test: run it by hand from the repository root (one core, as the README's f
 It writes, in a temporary folder, a snapshot (``SAMPLE_ID``, ``URL``, ``TEXT``, ``similarity``; row groups of
 ``--row-group`` rows; hosts are ``*.example``) and a finished run of it whose outcome parts mark
 ``--dead-share`` of the references dead and 0.02% matched, then runs the real command line
-(``crawler.export_cli.main(["export-clean", SNAPSHOT, "--run", ID, "--drop", "matched,dead", "--out", FILE])``)
+(``crawler.cli.export.main(["export-clean", SNAPSHOT, "--run", ID, "--drop", "matched,dead", "--out", FILE])``)
 in a child process and reports its wall time, CPU time (user+sys, from ``os.wait4``) and peak RSS. The peak is
 the child's own ``VmHWM`` (read from ``/proc/self/status`` as it ends), not ``ru_maxrss``: Linux carries the
 parent's high-water mark into a forked child across ``exec``, so ``ru_maxrss`` would count this harness's
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from crawler.history import Manifest, describe_snapshots, series_id, write_manifest
+from crawler.runs.history import Manifest, describe_snapshots, series_id, write_manifest
 
 
 def snapshot_table(start: int, n: int) -> pa.Table:
@@ -80,7 +80,7 @@ def write_run(out: Path, run_id: str, snapshot: Path, rows: int, dead_share: flo
 
 _CHILD = """
 import json, sys
-from crawler.export_cli import main
+from crawler.cli.export import main
 status = main(json.loads(sys.argv[1]))
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 open(sys.argv[2], "w").write(peak.split()[1])  # kB

@@ -1,4 +1,4 @@
-"""Benchmark the end-of-run pass (``crawler/finalize.py``): placeholders, drift and final parts for one run.
+"""Benchmark the end-of-run pass (``crawler/runs/finalize.py``): placeholders, drift and final parts for one run.
 
 Not a test: run it by hand from the repository root and read what it prints.
 
@@ -75,8 +75,8 @@ import json, resource, sys, time
 from pathlib import Path
 import pyarrow as pa
 pa.set_memory_pool(pa.system_memory_pool())  # as in a crawl (crawler/pipelines/outcomes.py)
-from crawler.finalize import finalize_run
-from crawler.placeholders import PlaceholderRules, read_known
+from crawler.runs.finalize import finalize_run
+from crawler.runs.placeholders import PlaceholderRules, read_known
 folder = Path(sys.argv[1])
 started, cpu = time.perf_counter(), time.process_time()
 result = finalize_run(folder / "runs" / "later", [folder / "runs" / "earlier"], PlaceholderRules(read_known()), 8)

@@ -1,4 +1,4 @@
-"""Benchmark hash matching: ``crawler.hashindex.HammingIndex`` next to brute force, on one core.
+"""Benchmark hash matching: ``crawler.matching.index.HammingIndex`` next to brute force, on one core.
 
 Not a test: run it by hand from the repository root, pinned to one core, and read the table it prints.
 
@@ -83,7 +83,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crawler.hashindex import HammingIndex, hamming_brute_force, pack_hex  # noqa: E402
+from crawler.matching.index import HammingIndex, hamming_brute_force, pack_hex  # noqa: E402
 
 WIDTHS = {"phash": (1, 8), "dhash": (1, 8), "pdq": (4, 31)}  # words, default radius
 
@@ -131,7 +131,7 @@ def compiled_list(n: int, args: argparse.Namespace) -> None:
     compiled list, build the Matcher, match one image (in a child process, so its memory is its own)."""
     import subprocess
 
-    from crawler.hashlist_compiled import compile_hashlist
+    from crawler.matching.compiled import compile_hashlist
 
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,9 +152,9 @@ import resource, time, numpy as np
 def rss():
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return np.array([int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")])
-from crawler.hashlist import load_hashlist
-from crawler.matching import Matcher
-import crawler.hamming_kernels
+from crawler.matching.loading import load_hashlist
+from crawler.matching.matcher import Matcher
+import crawler.matching.kernels
 before = rss(); t0 = time.perf_counter()
 hl = load_hashlist({str(path)!r}, algorithm={algorithm!r}); t1 = time.perf_counter()
 m = Matcher([hl]); t2 = time.perf_counter()

@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crawler.events import MatchEvent, make_event_id  # noqa: E402
-from crawler.eventqueue import EventQueue, open_queue  # noqa: E402
+from crawler.events.event import MatchEvent, make_event_id  # noqa: E402
+from crawler.events.queue import EventQueue, open_queue  # noqa: E402
 from tests.s3server import MotoServer, s3_environment  # noqa: E402
 
 

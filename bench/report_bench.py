@@ -7,7 +7,7 @@ Not a test: run it by hand from the repository root and read what it prints.
     python bench/report_bench.py --keep /tmp/history   # keep the history (and the outputs) afterwards
     python bench/report_bench.py --history /tmp/history  # reuse a kept history instead of making one
 
-The history (``crawler.report.synthetic_history.synthesize_history``) is made in this process first and is
+The history (``crawler.sample.history.synthesize_history``) is made in this process first and is
 not timed: ~3% of alive references die per run with a mix of dead outcomes (placeholders among them), a
 tenth of a percent of domains go away whole each run, transient failures often come back, drift is mostly
 ``same`` with some ``near``/``changed``/``new``, ~50k domains with a Zipf-like skew, a few matches, and parts of
@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from crawler.report.synthetic_history import HistoryShape, synthesize_history
+from crawler.sample.history import HistoryShape, synthesize_history
 
 TARGET_SECONDS, TARGET_RSS_MIB = 60.0, 2048.0
 
@@ -53,7 +53,7 @@ def make_history(out: Path, args: argparse.Namespace) -> None:
 
 def run_report(history: Path, outputs: Path, timeout: float) -> tuple[float, float, float, int]:
     """(wall s, CPU s, peak RSS MiB, exit status) of ``refwatch report`` over ``history``."""
-    command = [sys.executable, "-m", "crawler.report.cli", "--out", str(history),
+    command = [sys.executable, "-m", "crawler.cli.report", "--out", str(history),
                "--json", str(outputs / "report.json"), "--html", str(outputs / "report.html")]
     with open(outputs / "report.txt", "w", encoding="utf-8") as tables, \
             open(outputs / "report.stderr", "w", encoding="utf-8") as errors:

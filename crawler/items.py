@@ -45,7 +45,7 @@ class OutcomeItem:
     error: str | None = None
     matched: bool = False
     match_count: int = 0
-    drift: str | None = None  # filled in for the whole run when it ends (crawler/finalize.py)
+    drift: str | None = None  # filled in for the whole run when it ends (crawler/runs/finalize.py)
     recorded_md5: str | None = None
     recorded_sha256: str | None = None
     recorded_phash: str | None = None

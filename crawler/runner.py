@@ -15,10 +15,10 @@ from typing import Any
 from scrapy.crawler import CrawlerProcess
 from scrapy.settings import Settings
 
-from crawler.eventqueue import open_queue
-from crawler.hashlist import load_hashlists
+from crawler.events.queue import open_queue
+from crawler.matching.loading import load_hashlists
 from crawler.readers import open_snapshot
-from crawler.run import run_context
+from crawler.runs.context import run_context
 
 
 class InputError(Exception):
@@ -48,11 +48,12 @@ def check_inputs(settings: Settings) -> None:
     The loaded lists are kept in ``REFWATCH_LOADED_HASHLISTS`` for the match pipeline, so a list is read
     (or its compiled file mapped) once per crawl, not once to check and again to match.
     """
-    from crawler.eventqueue import QueueError, queue_options
-    from crawler.hashlist import HashListError
+    from crawler.events.queue import QueueError, queue_options
+    from crawler.matching.hashlist import HashListError
     from crawler.references import SnapshotError
-    from crawler.remote import check_remote, is_remote
-    from crawler.objectstore import StoreError, store_options
+    from crawler.storage.remote import check_remote, is_remote
+    from crawler.storage.base import StoreError
+    from crawler.storage.factory import store_options
 
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
@@ -76,8 +77,8 @@ def prepare_recheck(settings: Settings) -> None:
     """Check a ``--recheck RUN``: the run exists and finished, its groups are known, and the snapshot is its
     snapshot (by checksum); with no snapshot given, replay the run's own snapshot files."""
 
-    from crawler.history import describe_snapshots, read_manifest, series_id
-    from crawler.recheck import RecheckError, outcome_words
+    from crawler.runs.history import describe_snapshots, read_manifest, series_id
+    from crawler.runs.recheck import RecheckError, outcome_words
 
     recheck = settings.get("REFWATCH_RECHECK_RUN")
     out = run_context(settings.get("REFWATCH_OUT"), recheck, None, settings)

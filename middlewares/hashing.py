@@ -15,7 +15,7 @@ from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
 
-from crawler.hashing import Digest, hash_bytes, pdq_dihedral_hashes
+from crawler.hashing.digest import Digest, hash_bytes, pdq_dihedral_hashes
 from crawler.references import REFERENCE_META
 
 DIGEST_META = "refwatch_digest"

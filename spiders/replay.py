@@ -17,13 +17,13 @@ from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
-from crawler.hashing import Digest
+from crawler.hashing.digest import Digest
 from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome, outcome_for_body, outcome_for_exception, outcome_for_status
 from crawler.readers import iter_references, open_snapshot
 from crawler.references import REFERENCE_META, Reference
-from crawler.recheck import recheck_selection
-from crawler.run import RunContext, run_context
+from crawler.runs.recheck import recheck_selection
+from crawler.runs.context import RunContext, run_context
 from crawler.urls import invalid_url_reason
 from middlewares.hashing import BODY_SIZE_META, DIGEST_META, DIHEDRAL_META
 

@@ -25,7 +25,7 @@ def realdata() -> Path:
 @pytest.fixture(scope="module")
 def web():
     """The sample web on a free loopback port, stopped when the module's tests are done."""
-    from crawler.sampleweb import SampleWeb
+    from crawler.sample.web import SampleWeb
 
     with SampleWeb() as server:
         yield server

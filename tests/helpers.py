@@ -24,5 +24,5 @@ def run_refwatch(*args: str, env: dict[str, str] | None = None, timeout: float =
     import sys
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "crawler.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "crawler.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd or REPO_ROOT)

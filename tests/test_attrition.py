@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from crawler import drift
+from crawler.runs import drift
 from crawler.domains import registrable_domain, url_domain
-from crawler.history import Manifest, SnapshotFile, describe_snapshots, read_manifest, series_id, series_runs, write_manifest
-from crawler.placeholders import KnownPlaceholders, PlaceholderListError, PlaceholderRules, detect, read_known
-from crawler.sampleweb import SampleWeb
+from crawler.runs.history import Manifest, SnapshotFile, describe_snapshots, read_manifest, series_id, series_runs, write_manifest
+from crawler.runs.placeholders import KnownPlaceholders, PlaceholderListError, PlaceholderRules, detect, read_known
+from crawler.sample.web import SampleWeb
 from tests.helpers import run_refwatch
 from tests.test_crawl_e2e import read_rows, write_snapshot
 
@@ -220,7 +220,7 @@ def test_recorded_hashes_are_matched_too(web: SampleWeb, tmp_path: Path) -> None
     which references matched from live bytes, from the recorded hash only, or both."""
     import csv
 
-    from crawler.hashing import hash_bytes
+    from crawler.hashing.digest import hash_bytes
     from tests.test_crawl_e2e import LISTED_SEED, write_hashlist
 
     listed_md5 = hash_bytes(web.image_bytes(LISTED_SEED)).md5

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crawler.batchmetrics import (
+from crawler.runs.metrics import (
     LAST_SUCCESS,
     build_registry,
     check_targets,
@@ -27,7 +27,7 @@ from crawler.batchmetrics import (
     write_textfile,
 )
 from crawler.extensions.summary import build_summary
-from crawler.history import Manifest, SnapshotFile, write_manifest
+from crawler.runs.history import Manifest, SnapshotFile, write_manifest
 from crawler.outcomes import Outcome
 from tests.helpers import free_port
 

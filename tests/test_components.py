@@ -11,10 +11,10 @@ from scrapy.http import Request, Response
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
-from crawler import synthetic
+from crawler.sample import images
 from crawler.extensions.metrics import MetricsExtension
 from crawler.extensions.summary import build_summary
-from crawler.hashing import hash_bytes
+from crawler.hashing.digest import hash_bytes
 from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome
 from crawler.references import REFERENCE_META, Reference
@@ -31,7 +31,7 @@ def _request(url: str = "http://example.com/a.jpg") -> Request:
 def test_hash_middleware_hashes_then_drops_the_body() -> None:
     crawler = get_crawler(settings_dict=SETTINGS)
     middleware = build_from_crawler(ImageHashMiddleware, crawler)
-    body = synthetic.synthetic_jpeg(11)
+    body = images.synthetic_jpeg(11)
     request = _request()
     response = Response(request.url, status=200, body=body, request=request)
     try:

@@ -21,8 +21,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from crawler.hashing import hash_bytes
-from crawler.sampleweb import SampleWeb
+from crawler.hashing.digest import hash_bytes
+from crawler.sample.web import SampleWeb
 from tests.helpers import REPO_ROOT, free_port, run_refwatch
 
 LISTED_SEED = 3
@@ -116,7 +116,7 @@ def crawl_in_background(args: list[str], tmpdir: Path, log: Path) -> subprocess.
 
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
     with log.open("w") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "crawler.cli", *args], stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "crawler.cli.main", *args], stdout=subprocess.PIPE,
                                 stderr=log_file, text=True, env=env, cwd=REPO_ROOT)
 
 

@@ -16,7 +16,7 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from crawler.sampleweb import SampleWeb
+from crawler.sample.web import SampleWeb
 from tests.helpers import REPO_ROOT, run_refwatch
 from tests.test_crawl_e2e import read_rows, write_snapshot
 
@@ -230,7 +230,7 @@ def test_unsupported_queue_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_pdq_dihedral_finds_a_rotated_copy_only_when_asked(web: SampleWeb, tmp_path: Path) -> None:
-    from crawler.hashing import hash_bytes
+    from crawler.hashing.digest import hash_bytes
 
     listing = tmp_path / "pdq.csv"
     listing.write_text(f"algorithm,hash,id\npdq,{hash_bytes(web.image_bytes(5)).pdq},p5\n")

@@ -14,18 +14,19 @@ from typing import Any
 
 import pytest
 
-from crawler import s3store
-from crawler.eventqueue import (
+from crawler.events.queue import (
     Batch,
     EventQueue,
     QueueCloseError,
     QueueError,
     open_queue,
 )
-from crawler.events import MatchEvent, make_event_id
-from crawler.objectstore import Backoff, ObjectStore, TransientStoreError, open_store
-from crawler.queue_model import ACKED, BATCHES, BatchName, decode_events
-from crawler.s3store import S3Store
+from crawler.events.event import MatchEvent, make_event_id
+from crawler.storage.base import Backoff, ObjectStore, TransientStoreError
+from crawler.storage.factory import open_store
+from crawler.events.queue_model import ACKED, BATCHES, BatchName, decode_events
+from crawler.storage.s3 import S3Store
+from crawler.storage.s3 import s3_client as make_s3_client
 from tests.s3server import MotoServer
 
 
@@ -94,7 +95,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture(scope="module")
 def s3_client(s3_server: MotoServer) -> Any:
     """A client configured as refwatch configures its own (no botocore retries)."""
-    return s3store.s3_client("s3://tests", s3_server.endpoint)
+    return make_s3_client("s3://tests", s3_server.endpoint)
 
 
 def batch_names(store: ObjectStore) -> list[BatchName]:
@@ -171,7 +172,7 @@ def test_unacknowledged_batch_comes_back_after_its_lease(backend: Backend, caplo
     time.sleep(0.4)
     again = second.receive(lease_seconds=30)
     assert again.events == held.events and again.token[0].owner != held.token[0].owner
-    with caplog.at_level(logging.WARNING, logger="crawler.queue_consumer"):
+    with caplog.at_level(logging.WARNING, logger="crawler.events.consumer"):
         first.ack(held)  # too late: the warning says it may have been delivered twice
     assert "after its lease expired" in caplog.text
     second.ack(again)
@@ -258,7 +259,7 @@ def test_malformed_objects_are_skipped_counted_and_logged_once(
     store.put("batches/garbage.jsonl", b"{}")
     store.put("notes.txt", b"left by a person")
     consumer = backend.queue()
-    with caplog.at_level(logging.WARNING, logger="crawler.queue_consumer"):
+    with caplog.at_level(logging.WARNING, logger="crawler.events.consumer"):
         assert consumer.stats().malformed == 2  # the two names the queue never writes
         got = consumer.receive(100)
         assert sorted(e.ref_id for e in got.events) == ["ref-1", "ref-2"]

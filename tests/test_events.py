@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from crawler.events import EVENT_KEYS, MatchEvent, events_for, make_event_id
-from crawler.matching import Match
+from crawler.events.event import EVENT_KEYS, MatchEvent, events_for, make_event_id
+from crawler.matching.matcher import Match
 
 PHASH = "8f3a00c4e1b2d977"
 NEAR = "8f3a00c4e1b2d976"

@@ -23,9 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from crawler.export import DROP_REASONS, ExportError, RunLookup, export_clean, parse_drop
-from crawler.history import Manifest, describe_snapshots, series_id, write_manifest
-from crawler.optout import read_opt_out
+from crawler.export.clean import export_clean
+from crawler.export.verdicts import DROP_REASONS, ExportError, RunLookup, parse_drop
+from crawler.runs.history import Manifest, describe_snapshots, series_id, write_manifest
+from crawler.export.optout import read_opt_out
 from crawler.pipelines.outcomes import OUTCOME_SCHEMA
 from crawler.readers import open_snapshot
 from tests.helpers import REPO_ROOT
@@ -306,7 +307,7 @@ def test_parse_drop() -> None:
 
 
 def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crawler.export_cli", "export-clean", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "crawler.cli.export", "export-clean", *map(str, args)],
                           capture_output=True, text=True, timeout=60, cwd=cwd, check=False,
                           env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
 

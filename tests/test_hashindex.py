@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crawler.hashindex import (
+from crawler.matching.index import (
     HammingIndex,
     IndexFileError,
     _plan,

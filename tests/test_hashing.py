@@ -1,7 +1,7 @@
-"""Unit tests for crawler.hashing: digests, decode outcomes, the bomb guard and PDQ conformance with Meta.
+"""Unit tests for crawler.hashing.digest: digests, decode outcomes, the bomb guard and PDQ conformance with Meta.
 
 Real images are Meta's PDQ regression images, read in place from the shared real-data folder; every other
-image is generated here or by crawler.synthetic.
+image is generated here or by crawler.sample.images.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import imagehash
 import pytest
 from PIL import Image
 
-from crawler.hashing import (
+from crawler.hashing.digest import (
     ALGORITHMS,
     DEFAULT_MAX_PIXELS,
     PERCEPTUAL,
@@ -31,7 +31,7 @@ from crawler.hashing import (
     hash_file,
     pdq_dihedral_hashes,
 )
-from crawler.synthetic import encode, synthetic_image, synthetic_jpeg
+from crawler.sample.images import encode, synthetic_image, synthetic_jpeg
 
 # Meta's tolerance between PDQ implementations (JPEG decoders differ slightly); the reference test uses it.
 PDQ_CONFORMANCE_DISTANCE = 16

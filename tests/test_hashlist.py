@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crawler.hashlist import (
+from crawler.matching.hashlist import (
     HEX_DIGITS,
     HashEntry,
     HashList,
     HashListError,
-    load_hashlist,
-    load_hashlists,
     normalize_hash,
     parse_hashlist_spec,
 )
-from crawler.hashlist_compiled import compile_hashlist, compiled_path
+from crawler.matching.compiled import compile_hashlist, compiled_path
+from crawler.matching.loading import load_hashlist, load_hashlists
 
 RNG = random.Random(20240611)
 
@@ -489,7 +488,7 @@ def test_compile_errors(tmp_path: Path) -> None:
 def test_compiled_list_brings_its_indexes_memory_mapped(tmp_path: Path) -> None:
     """The compiled file holds the built indexes: loading maps them, the Matcher builds nothing, and no second
     copy of the hashes exists (no packed array beside the index)."""
-    from crawler.matching import Matcher
+    from crawler.matching.matcher import Matcher
 
     path = write(tmp_path, "m.csv", _list_text(300))
     parsed = load_hashlist(path)

@@ -1,4 +1,4 @@
-"""``refwatch hashlist stats|match|compile`` through ``crawler.cli.main``: output, exit status, no echoed values."""
+"""``refwatch hashlist stats|match|compile`` through ``crawler.cli.main.main``: output, exit status, no echoed values."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from crawler.cli import main
-from crawler.hashlist import HEX_DIGITS
-from crawler.hashlist_compiled import compiled_path
+from crawler.cli.main import main
+from crawler.matching.hashlist import HEX_DIGITS
+from crawler.matching.compiled import compiled_path
 
 RNG = random.Random(20240612)
 

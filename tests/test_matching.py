@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from crawler.hashlist import HEX_DIGITS, HashEntry, HashList
-from crawler.matching import DEFAULT_RADII, PDQ_MIN_QUALITY, Match, Matcher
+from crawler.matching.hashlist import HEX_DIGITS, HashEntry, HashList
+from crawler.matching.matcher import DEFAULT_RADII, PDQ_MIN_QUALITY, Match, Matcher
 
 
 def rand_hex(rng: random.Random, algorithm: str) -> str:
@@ -231,7 +231,7 @@ def test_pdq_dihedral_forms() -> None:
 def test_large_lists_use_the_index_and_equal_brute_force() -> None:
     """Enough entries that each list's indexes cut them into several tables (PDQ needs 50k); still exactly the
     brute-force answer."""
-    from crawler.hashindex import hamming_brute_force, pack_hex
+    from crawler.matching.index import hamming_brute_force, pack_hex
 
     rng = random.Random(23)
     queries = {alg: [rand_hex(rng, alg) for _ in range(12)] for alg in ("phash", "pdq")}

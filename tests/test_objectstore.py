@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crawler.localstore import LocalStore
-from crawler.objectstore import (
+from crawler.storage.local import LocalStore
+from crawler.storage.base import (
     NoSuchKey,
     ObjectStore,
     PreconditionFailed,
@@ -17,9 +17,9 @@ from crawler.objectstore import (
     StoreError,
     TransientStoreError,
     content_etag,
-    open_store,
 )
-from crawler.s3store import S3Store
+from crawler.storage.factory import open_store
+from crawler.storage.s3 import S3Store
 from tests.helpers import free_port
 
 

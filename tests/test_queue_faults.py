@@ -42,14 +42,14 @@ from typing import Any
 
 import pytest
 
-from crawler.eventqueue import EventQueue, open_queue
+from crawler.events.queue import EventQueue, open_queue
 from crawler.extensions.metrics import StatsCollector
-from crawler.hashing import hash_bytes
-from crawler.localstore import LocalStore
-from crawler.objectstore import Backoff, ObjectStore, TransientStoreError
-from crawler.queue_consumer import BatchReader
-from crawler.queue_model import BATCHES, LEASES, BatchName, Lease
-from crawler.sampleweb import SampleWeb
+from crawler.hashing.digest import hash_bytes
+from crawler.storage.local import LocalStore
+from crawler.storage.base import Backoff, ObjectStore, TransientStoreError
+from crawler.events.consumer import BatchReader
+from crawler.events.queue_model import BATCHES, LEASES, BatchName, Lease
+from crawler.sample.web import SampleWeb
 from tests.helpers import REPO_ROOT, free_port, run_refwatch
 from tests.s3server import FaultProxy, MotoServer
 from tests.test_crawl_e2e import read_rows, write_snapshot
@@ -107,7 +107,7 @@ def test_producer_killed_mid_crawl_then_redone(web: SampleWeb, s3_server: MotoSe
                       "-s", "REFWATCH_QUEUE_BATCH_EVENTS=7", "-s", "REFWATCH_QUEUE_BATCH_SECONDS=60",
                       "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=5")
     store = open_queue(s3_queue, endpoint_url=s3_server.endpoint).store
-    with child_process(["-m", "crawler.cli", *args, "--concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+    with child_process(["-m", "crawler.cli.main", *args, "--concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 30
         parts = out / "runs" / "fault" / "outcomes"
         while time.monotonic() < deadline and proc.poll() is None:
@@ -195,7 +195,7 @@ def test_endpoint_down_then_back(s3_server: MotoServer, s3_queue: str) -> None:
 
 _CONSUMER = """
 import sys, time
-from crawler.eventqueue import open_queue
+from crawler.events.queue import open_queue
 batch = open_queue(sys.argv[1], endpoint_url=sys.argv[2]).receive(lease_seconds=float(sys.argv[3]))
 print(len(batch.events), flush=True)
 time.sleep(60)

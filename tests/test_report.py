@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crawler.report.cli import main as report_main
+from crawler.cli.report import main as report_main
 from crawler.report.metrics import build_report
 from crawler.report.model import DRIFTS, OUTCOMES, Report
 from crawler.report.selection import READ_COLUMNS, load_selection
 from crawler.report.survival import kaplan_meier
-from crawler.report.synthetic_history import (
+from crawler.sample.history import (
     HISTORY_SCHEMA,
     NEW_COLUMNS,
     HistoryShape,
@@ -35,7 +35,7 @@ from crawler.report.synthetic_history import (
     write_run,
 )
 from crawler.report.tables import history_database
-from crawler.sampleweb import SampleWeb
+from crawler.sample.web import SampleWeb
 from tests.helpers import REPO_ROOT
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -326,7 +326,7 @@ def test_runs_of_different_series_are_refused(history: Path, capsys: pytest.Capt
 
 def test_command_prints_plain_tables_when_piped(history: Path) -> None:
     """The real command in a child process: stdout is a pipe, so plain text (no escape codes)."""
-    done = subprocess.run([sys.executable, "-m", "crawler.report.cli", "--out", str(history)],
+    done = subprocess.run([sys.executable, "-m", "crawler.cli.report", "--out", str(history)],
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert "\x1b[" not in done.stdout

@@ -1,4 +1,4 @@
-"""Unit tests for crawler.synthetic: determinism, separation between seeds, and benign variants that match."""
+"""Unit tests for crawler.sample.images: determinism, separation between seeds, and benign variants that match."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crawler.hashing import Digest, hamming_distance, hash_bytes
-from crawler.synthetic import (
+from crawler.hashing.digest import Digest, hamming_distance, hash_bytes
+from crawler.sample.images import (
     CODED_SEEDS,
     DEFAULT_SIZE,
     bch_codeword,

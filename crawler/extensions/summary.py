@@ -15,7 +15,7 @@ from typing import Any
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 
-from crawler.drift import Drift
+from crawler.runs.drift import Drift
 from crawler.outcomes import Outcome
 
 DRIFT_WORDS = tuple(word.value for word in Drift)

@@ -19,8 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from crawler.eventqueue import EventQueue, QueueCloseError, open_queue, queue_options
-from crawler.events import MatchEvent
+from crawler.events.queue import EventQueue, QueueCloseError, open_queue, queue_options
+from crawler.events.event import MatchEvent
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from crawler.events import events_for
-from crawler.hashlist import load_hashlists
+from crawler.events.event import events_for
+from crawler.matching.loading import load_hashlists
 from crawler.items import OutcomeItem
 from crawler.pipelines.eventpublisher import EventPublisher
 
 if TYPE_CHECKING:
-    from crawler.matching import Match, Matcher
+    from crawler.matching.matcher import Match, Matcher
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class MatchPipeline:
         specs = settings.getlist("REFWATCH_HASHLISTS")
         if not specs:
             raise NotConfigured  # no hash lists: nothing to match
-        from crawler.matching import Matcher  # numba-backed: loaded only when there is something to match
+        from crawler.matching.matcher import Matcher  # numba-backed: loaded only when there is something to match
 
         lists = settings.get("REFWATCH_LOADED_HASHLISTS") or load_hashlists(  # loaded by runner.check_inputs
             specs, settings.get("REFWATCH_HASHLIST_ALGORITHM"),

@@ -25,12 +25,12 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from crawler.domains import url_domain
-from crawler.finalize import finalize_run
-from crawler.history import Manifest, outcome_parts, series_runs
+from crawler.runs.finalize import finalize_run
+from crawler.runs.history import Manifest, outcome_parts, series_runs
 from crawler.items import OutcomeItem
-from crawler.recheck import carry_over
-from crawler.placeholders import rules_from_settings
-from crawler.run import finish_manifest, start_manifest
+from crawler.runs.recheck import carry_over
+from crawler.runs.placeholders import rules_from_settings
+from crawler.runs.context import finish_manifest, start_manifest
 
 logger = logging.getLogger(__name__)
 

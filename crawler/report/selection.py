@@ -1,6 +1,6 @@
 """Choose the runs of a series under ``OUT/runs/`` and check their files before anything is computed.
 
-A run is reported only from what its crawl wrote: ``manifest.json`` (read by ``crawler.history``, the crawl's
+A run is reported only from what its crawl wrote: ``manifest.json`` (read by ``crawler.runs.history``, the crawl's
 own reader) and ``outcomes/part-*.parquet``. Runs are chosen here (one series, finished, ordered by start
 time) and every part's schema is checked from its footer, so bad input is one ``ReportError`` naming the
 file instead of an error halfway through a query. Runs without a manifest (older crawls), with a damaged
@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawler.history import MANIFEST_NAME, Manifest, outcome_parts, read_manifest
+from crawler.runs.history import MANIFEST_NAME, Manifest, outcome_parts, read_manifest
 
 FINISHED = "finished"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from crawler.duck import open_duckdb, sql_text
+from crawler.runs.duck import open_duckdb, sql_text
 from crawler.report.selection import BOOL, READ_COLUMNS, Part, ReportError, Selection
 
 DUCKDB_TYPES = {"string": "VARCHAR", BOOL: "BOOLEAN"}

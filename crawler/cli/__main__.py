@@ -1,0 +1,7 @@
+"""``python -m crawler.cli``: the ``refwatch`` command."""
+
+import sys
+
+from crawler.cli.main import main
+
+sys.exit(main())

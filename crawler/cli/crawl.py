@@ -1,0 +1,194 @@
+"""``refwatch crawl``: options in, settings out, a crawl run, its summary printed.
+
+The options only translate into settings (every default lives in ``crawler.settings``); the crawl itself is
+``crawler.runner.run_crawl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crawler.cli.common import DEFAULT_OUT, EXIT_FAILED, EXIT_OK, BadInput, add_s3_options, radius
+
+
+def add_crawl_command(commands: Any) -> None:
+    """Add ``crawl`` to the ``refwatch`` sub-command parsers."""
+    crawl = commands.add_parser("crawl", help="replay snapshots: fetch, hash in memory, classify, match")
+    crawl.add_argument("snapshots", nargs="*", metavar="SNAPSHOT",
+                       help="Parquet/CSV/TSV/JSONL URL table (optionally .gz), WAT or WARC file "
+                            "(with --recheck: default, the re-checked run's snapshot)")
+    add_crawl_options(crawl)
+
+
+def _groups(text: str) -> list[str]:
+    from crawler.outcomes import OUTCOME_GROUPS
+
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in OUTCOME_GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(f"expected groups among {', '.join(OUTCOME_GROUPS)}: {text!r}")
+    return groups
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or name.upper() != name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with an upper-case setting NAME: {text!r}")
+    return name, value
+def add_crawl_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hashlist", action="append", default=[], metavar="[NAME=]PATH",
+                   help="hash list to match against (repeatable): CSV algorithm,hash[,id][,label] or text")
+    p.add_argument("--hashlist-algorithm", choices=["md5", "sha1", "sha256", "phash", "dhash", "pdq"],
+                   help="algorithm of plain-text hash lists (one hex hash a line)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip and count malformed hash-list lines instead of stopping (exit 2)")
+    p.add_argument("--radius", action="append", type=radius, default=[], metavar="ALGO=N",
+                   help="Hamming radius for phash/dhash/pdq (defaults phash=8 dhash=6 pdq=31)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--queue", default=None,
+                   help="event queue URL: file://DIR or s3://BUCKET/PREFIX (default file://OUT/queue)")
+    add_s3_options(p)
+    p.add_argument("--run-id", default=None, help="run id (default: start time); the same id redoes a run")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-address", default=None, help="address /metrics listens on (default 0.0.0.0)")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 64)")
+    p.add_argument("--per-host", type=int, default=None, help="requests in flight per host (default 8)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per download (default 30)")
+    p.add_argument("--retries", type=int, default=None, help="retries of transient failures (default 2)")
+    p.add_argument("--max-bytes", type=int, default=None, help="larger bodies are too_large (default 50 MiB)")
+    p.add_argument("--max-pixels", type=int, default=None, help="larger images are decode_error (default 64M)")
+    p.add_argument("--user-agent", default=None, help="User-Agent; name refwatch and a contact URL")
+    p.add_argument("--pdq-dihedral", action="store_true",
+                   help="also match PDQ of each image's rotations and flips (about +6 ms an image)")
+    p.add_argument("--obey-robots", action="store_true", help="consult robots.txt (robots_blocked)")
+    p.add_argument("--allow-private-networks", action="store_true",
+                   help="allow loopback/private/link-local addresses (demo and tests)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--recheck", default=None, metavar="RUN",
+                   help="replay only some references of the earlier run RUN (in --out); the rest are carried over")
+    p.add_argument("--only", type=_groups, default=None, metavar="GROUP[,GROUP]",
+                   help="with --recheck: dead, failed, placeholder (default failed)")
+    p.add_argument("--placeholders", default=None, metavar="FILE",
+                   help="your known placeholder pictures (kind,value lines), beside the shipped list")
+    p.add_argument("--metrics-textfile", default=None, metavar="PATH",
+                   help="at the end, write the run's gauges for node_exporter's textfile collector (*.prom)")
+    p.add_argument("--pushgateway", default=None, metavar="URL",
+                   help="at the end, push the run's gauges to this Prometheus Pushgateway")
+    p.add_argument("-s", "--set", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+                   help="set any setting, as scrapy crawl -s does (e.g. REFWATCH_QUEUE_BATCH_EVENTS=100)")
+
+
+def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Options → settings. Only the options given are set; every default lives in crawler.settings."""
+    out: dict[str, Any] = dict(args.set)
+    out |= {
+        "REFWATCH_SNAPSHOTS": list(args.snapshots),
+        "REFWATCH_HASHLISTS": list(args.hashlist),
+        "REFWATCH_OUT": args.out,
+    }
+    optional = {
+        "REFWATCH_HASHLIST_ALGORITHM": args.hashlist_algorithm,
+        "REFWATCH_QUEUE": args.queue,
+        "REFWATCH_S3_ENDPOINT_URL": args.s3_endpoint_url,
+        "REFWATCH_S3_SSE": args.sse,
+        "REFWATCH_S3_SSE_KMS_KEY_ID": args.sse_kms_key_id,
+        "REFWATCH_RUN_ID": args.run_id,
+        "REFWATCH_METRICS_PORT": args.metrics_port,
+        "REFWATCH_METRICS_ADDRESS": args.metrics_address,
+        "CONCURRENT_REQUESTS": args.concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": args.per_host,
+        "DOWNLOAD_TIMEOUT": args.timeout,
+        "RETRY_TIMES": args.retries,
+        "DOWNLOAD_MAXSIZE": args.max_bytes,
+        "REFWATCH_MAX_PIXELS": args.max_pixels,
+        "USER_AGENT": args.user_agent,
+        "LOG_LEVEL": args.log_level,
+        "REFWATCH_RECHECK_RUN": args.recheck,
+        "REFWATCH_RECHECK_ONLY": args.only,
+        "REFWATCH_PLACEHOLDERS": args.placeholders,
+        "REFWATCH_METRICS_TEXTFILE": args.metrics_textfile,
+        "REFWATCH_PUSHGATEWAY": args.pushgateway,
+    }
+    out.update({k: v for k, v in optional.items() if v is not None})
+    if args.radius:
+        from crawler.settings import REFWATCH_RADII
+
+        out["REFWATCH_RADII"] = {**REFWATCH_RADII, **dict(args.radius)}
+    if args.skip_bad_lines:
+        out["REFWATCH_HASHLIST_SKIP_BAD_LINES"] = True
+    if args.pdq_dihedral:
+        out["REFWATCH_PDQ_DIHEDRAL"] = True
+    if args.obey_robots:
+        out["ROBOTSTXT_OBEY"] = True
+    if args.allow_private_networks:
+        out["REFWATCH_ALLOW_PRIVATE_NETWORKS"] = True
+    if sys.stderr.isatty() and not args.no_progress and not args.json:
+        out["REFWATCH_PROGRESS"] = True
+        out.setdefault("LOG_LEVEL", "WARNING")  # log lines would tear the progress bar
+    return out
+
+
+def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"refwatch run {summary['run_id']}", show_edge=False)
+    table.add_column("outcome")
+    table.add_column("references", justify="right")
+    table.add_column("share", justify="right")
+    total = summary["references"] or 1
+    for outcome, count in summary["outcomes"].items():
+        if count:
+            table.add_row(outcome, str(count), f"{100.0 * count / total:.1f}%")
+    table.add_row("[bold]total[/]", f"[bold]{summary['references']}[/]", "")
+    console.print(table)
+    console.print(f"{summary['refs_per_second']:.1f} refs/s over {summary['seconds']:.1f} s; "
+                  f"{summary['matched_references']} matched references, {summary['events_published']} events "
+                  f"published to {queue_url}")
+    if summary.get("queue_errors"):
+        console.print(f"  {summary['queue_errors']} queue writes failed and were retried")
+    if summary.get("outputs_failed"):
+        console.print(f"[bold red]the run's outputs could not all be written[/] (see the log): redo the run with "
+                      f"--run-id {summary['run_id']}")
+    if summary.get("events_unwritten"):
+        console.print(f"[bold red]{summary['events_unwritten']} events could not be written to the queue[/]: "
+                      f"redo the run with --run-id {summary['run_id']} to publish them")
+    for list_name, by_algorithm in summary["matches"].items():
+        parts = ", ".join(f"{algorithm} {count}" for algorithm, count in by_algorithm.items())
+        console.print(f"  list {list_name}: {parts}")
+    console.print(f"outcomes: {run_dir}/outcomes/  summary: {run_dir}/summary.json")
+
+
+def cmd_crawl(args: argparse.Namespace) -> int:
+    from crawler.runner import project_settings, run_crawl
+
+    from crawler.runs.metrics import check_targets, export_run_metrics
+    from crawler.runs.history import read_manifest
+
+    if args.only and not args.recheck:
+        raise BadInput("--only goes with --recheck RUN")
+    settings = project_settings(crawl_settings(args))
+    try:
+        check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    result = run_crawl(settings)
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print_summary(result.summary, result.run_location or result.run_dir, result.queue_url)
+    ok = (result.summary.get("finish_reason") == "finished" and not result.summary.get("events_unwritten")
+          and not result.summary.get("outputs_failed"))
+    try:
+        manifest = read_manifest(Path(result.run_dir))
+    except ValueError:
+        manifest = None
+    problems = export_run_metrics(settings, result.summary, manifest)  # failures are logged there
+    return EXIT_OK if ok and not problems else EXIT_FAILED

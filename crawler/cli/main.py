@@ -1,0 +1,66 @@
+"""The ``refwatch`` command line: it only translates options into settings and prints results.
+
+Each command group is its own module in this package (``crawl``, ``inputs``: refs and hash, ``queue``,
+``hashlist``, ``report``, ``export``, ``demo``); this one builds the parser from them and maps errors to
+exit statuses.
+
+Exit status: 0 done; 1 the run failed; 2 bad input (a missing or malformed snapshot, hash list or queue
+URL), reported as one line naming the file, line or record, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from crawler import __version__
+from crawler.cli.common import EXIT_BAD_INPUT, EXIT_OK, BadInput
+from crawler.cli.crawl import add_crawl_command, cmd_crawl
+from crawler.cli.demo import add_demo_command, cmd_demo
+from crawler.cli.export import add_export_command, cmd_export
+from crawler.cli.hashlist import add_hashlist_commands, cmd_hashlist
+from crawler.cli.inputs import add_input_commands, cmd_hash, cmd_refs
+from crawler.cli.queue import add_queue_commands, cmd_queue
+from crawler.cli.report import add_report_command, cmd_report
+
+HANDLERS = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "hashlist": cmd_hashlist,
+            "export-clean": cmd_export, "report": cmd_report, "demo": cmd_demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refwatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"refwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_crawl_command(commands)
+    add_input_commands(commands)
+    add_queue_commands(commands)
+    add_hashlist_commands(commands)
+    add_export_command(commands)
+    add_report_command(commands)
+    add_demo_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # imported here: building the parser must stay cheap, these load pyarrow, Scrapy and the stores
+    from crawler.events.queue import QueueError
+    from crawler.matching.hashlist import HashListError
+    from crawler.references import SnapshotError
+    from crawler.runner import InputError
+    from crawler.storage.base import StoreError
+
+    try:
+        return HANDLERS[args.command](args)
+    except (InputError, SnapshotError, HashListError, QueueError, StoreError, BadInput) as exc:
+        print(f"refwatch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
