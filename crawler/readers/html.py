@@ -1,9 +1,16 @@
-"""The ``<img src>`` references of an HTML page, resolved as a browser would resolve them.
+"""The ``<img src>`` references of an HTML page, as a browser's DOM has them, resolved as a browser would.
 
 Used for WARC response records and, for ``resolve`` only, WAT links. Only ``src`` counts: ``srcset``
 candidates are alternatives the browser picks from, not references the page makes one by one. ``data:`` and
-other odd sources are kept as written; judging them is the crawl's job (``invalid_url``). The page is decoded
-incrementally and fed to the stdlib parser in chunks, so a large page never needs to sit in memory twice.
+other odd sources are kept as written; judging them is the crawl's job (``invalid_url``).
+
+The page is parsed by Lexbor (selectolax), an HTML5 parser in C, about ten times faster than the stdlib
+``HTMLParser`` used before and closer to a browser: an ``<img>`` is what the DOM holds, so markup inside
+``<textarea>``, ``<title>`` or ``<template>`` is text or inert, ``<image>`` is an ``<img>``, images that
+tables foster out of place keep the DOM's order, ``&not=`` in a URL stays as written, and attribute values
+have their newlines normalised. The charset is still chosen by ``page_encoding`` (byte-order mark, HTTP
+header, ``<meta charset>``, UTF-8); valid UTF-8 goes to Lexbor as bytes, anything else is decoded here first
+(undecodable bytes become U+FFFD). A page is held whole while parsed; more than ``MAX_HTML_BYTES`` is cut.
 """
 
 from __future__ import annotations
@@ -11,15 +18,16 @@ from __future__ import annotations
 import codecs
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from html.parser import HTMLParser
-from typing import BinaryIO, Final
+from typing import Final
 from urllib.parse import urljoin
+
+from selectolax.lexbor import LexborHTMLParser
 
 logger = logging.getLogger(__name__)
 
-_CHUNK: Final = 1 << 16
+MAX_HTML_BYTES: Final = 64 << 20  # a page held in memory to parse it; Common Crawl cuts payloads at 1 MiB
 _SNIFF_BYTES: Final = 4096  # where HTML requires a <meta charset> to be
 _CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
@@ -70,64 +78,44 @@ def page_encoding(content_type: str | None, head: bytes) -> str:
     return "utf-8"
 
 
-def decoded_chunks(stream: BinaryIO, content_type: str | None) -> Iterator[str]:
-    """The body of ``stream`` as text, chunk by chunk; undecodable bytes become U+FFFD, never an error."""
-    first = stream.read(_CHUNK)
-    decoder = codecs.getincrementaldecoder(page_encoding(content_type, first))(errors="replace")
-    chunk = first
-    while chunk:
-        yield decoder.decode(chunk)
-        chunk = stream.read(_CHUNK)
-    yield decoder.decode(b"", final=True)
+def body_images(body: bytes, content_type: str | None, page_url: str | None) -> list[ImageTag]:
+    """Every ``<img src>`` of an HTML body in bytes (charset from ``page_encoding``); see ``page_images``."""
+    encoding = page_encoding(content_type, body[:_SNIFF_BYTES])
+    html: bytes | str = body
+    if encoding != "utf-8" or not (body.isascii() or _is_utf8(body)):
+        html = body.decode(encoding, errors="replace")
+    return _dom_images(LexborHTMLParser(html), page_url)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def page_images(chunks: Iterable[str], page_url: str | None) -> list[ImageTag]:
-    """Every ``<img src>`` of the page, resolved against its first ``<base href>`` or else ``page_url``."""
-    parser = _ImageCollector()
-    for chunk in chunks:
-        parser.feed(chunk)
-    parser.close()
+    """Every ``<img src>`` of the page, in DOM order, resolved against its first ``<base href>`` or ``page_url``.
+
+    An ``<img>`` element's index counts every ``<img>`` of the DOM, with or without a ``src``.
+    """
+    return _dom_images(LexborHTMLParser("".join(chunks)), page_url)
+
+
+def _dom_images(tree: LexborHTMLParser, page_url: str | None) -> list[ImageTag]:
     base = page_url
-    if parser.base_href is not None:
-        base = resolve(page_url, parser.base_href) or page_url
-    return [ImageTag(index, resolve(base, src), alt) for index, src, alt in parser.images]
-
-
-class _ImageCollector(HTMLParser):
-    """Collects raw ``<img>`` sources and the first ``<base href>``; resolution waits for the whole page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[tuple[int, str, str | None]] = []
-        self.base_href: str | None = None
-        self._img_count = 0
-
-    def parse_marked_section(self, i: int, report: int = 1) -> int:
-        # CPython before 3.13 raises AssertionError on "<![" not followed by a known keyword (pages do have
-        # such junk); browsers treat it as a bogus comment up to the next ">", and so do we.
-        try:
-            return super().parse_marked_section(i, report)
-        except AssertionError:
-            end = self.rawdata.find(">", i + 3)
-            return -1 if end < 0 else end + 1  # -1: wait for more data (close() then treats it as text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            index = self._img_count
-            self._img_count += 1
-            found = _first_attrs(attrs)
-            src = found.get("src")
-            if src is not None:
-                self.images.append((index, src, found.get("alt")))
-        elif tag == "base" and self.base_href is None:
-            href = _first_attrs(attrs).get("href")
-            if href is not None and href.strip():
-                self.base_href = href
-
-
-def _first_attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str]:
-    """Attribute values by name; on a repeated name the first wins, as in browsers. A bare name is ``""``."""
-    found: dict[str, str] = {}
-    for name, value in attrs:
-        found.setdefault(name, value if value is not None else "")
-    return found
+    for node in tree.tags("base"):
+        href = node.attrs.get("href")
+        if href is not None and href.strip():
+            base = resolve(page_url, href) or page_url
+            break
+    images = []
+    for index, node in enumerate(tree.tags("img")):
+        attrs = node.attrs
+        if "src" in attrs:  # a bare ``src`` or ``alt`` (value None) is the empty string, as in the DOM
+            alt = attrs.get("alt")
+            if alt is None and "alt" in attrs:
+                alt = ""
+            images.append(ImageTag(index, resolve(base, attrs.get("src") or ""), alt))
+    return images

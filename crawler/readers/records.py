@@ -10,6 +10,11 @@ forward for the next gzip member header (``1f 8b 08``). The scan always moves fo
 
 Inside damaged data a byte sequence can look like a gzip header by chance; such a candidate is dropped
 silently unless it inflates to something starting with ``WARC/``, so one damaged record is reported once.
+
+This is the careful path: ``crawler/readers/archive.py`` reads gzip'd files with fastwarc and hands a stretch
+of the file to ``scan_records(..., start=offset, recover=True)`` wherever fastwarc stumbles, so damage is
+judged here, by one set of rules. Record handlers see a ``Record`` (below), not a warcio record, so the same
+handler serves both paths.
 """
 
 from __future__ import annotations
@@ -17,18 +22,17 @@ from __future__ import annotations
 import io
 import logging
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import BinaryIO, Final, TypeVar
+from typing import BinaryIO, Final, Protocol, TypeVar
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 
-from crawler.readers.base import BadRecordHandler, BadRecords, check_compression, snapshot_error
+from crawler.readers.base import BadRecords, snapshot_error
 from crawler.readers.html import ImageTag
-from crawler.references import Reference
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,30 @@ GZIP_MEMBER_MAGIC: Final = b"\x1f\x8b\x08"  # ID1, ID2 and CM=deflate: how every
 _CHUNK: Final = 1 << 16
 _SCAN_CHUNK: Final = 1 << 20
 _CHECK_LIMIT: Final = 1 << 20  # at open, look past the first record only if it is at most this long
+#: With ``recover=True``, hand back after this many intact records in a row when no damage turned up.
+RECOVERY_RECORDS: Final = 64
+
+
+class Record(Protocol):
+    """What a record handler may ask of a WARC record, whichever parser read it."""
+
+    @property
+    def type(self) -> str:
+        """``WARC-Type``: ``response``, ``metadata``, ..."""
+
+    def header(self, name: str) -> str | None:
+        """A WARC header's value (case-insensitive name), ``None`` if absent."""
+
+    @property
+    def http_content_type(self) -> str | None:
+        """The HTTP ``Content-Type`` header of an HTTP record; ``None`` if absent or not an HTTP record."""
+
+    @property
+    def is_http(self) -> bool:
+        """Whether the block starts with HTTP headers that were parsed."""
+
+    def body(self, limit: int | None = None) -> bytes:
+        """The payload (after HTTP headers, chunking and Content-Encoding undone), at most ``limit`` bytes."""
 
 
 class CorruptRecord(Exception):
@@ -136,7 +164,7 @@ def check_archive(path: Path, gzipped: bool) -> None:
 
 
 def scan_records(
-    path: Path, gzipped: bool, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
+    path: Path, gzipped: bool, handle: Callable[[Record], T | None], bad: BadRecords
 ) -> Iterator[tuple[int, T]]:
     """``(offset, handle(record))`` for each intact record where ``handle`` returns something.
 
@@ -146,18 +174,28 @@ def scan_records(
     with open(path, "rb") as fh:
         size = fh.seek(0, io.SEEK_END)
         if gzipped:
-            yield from _scan_gzip(fh, size, handle, bad)
+            yield from scan_gzip(fh, size, handle, bad)
         else:
             yield from _scan_plain(fh, size, handle, bad)
 
 
-def _scan_gzip(
-    fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
-) -> Iterator[tuple[int, T]]:
-    """One member, one record: a member that is damaged anywhere (CRC included) yields nothing."""
-    pos = 0
+def scan_gzip(
+    fh: BinaryIO, size: int, handle: Callable[[Record], T | None], bad: BadRecords, start: int = 0,
+    recover: bool = False,
+) -> Generator[tuple[int, T], None, int]:
+    """One member, one record: a member that is damaged anywhere (CRC included) yields nothing.
+
+    Reads from the member at ``start``; returns where it stopped (``size`` at the end of the file). With
+    ``recover``, it stops early at a member boundary once it is back on track: after an intact record that
+    follows damage, or after ``RECOVERY_RECORDS`` intact records in a row.
+    """
+    pos = start
     resyncing = False
+    damaged = False
+    intact = 0
     while pos < size:
+        if recover and intact and (damaged or intact >= RECOVERY_RECORDS):
+            return pos
         member = _GzipMember(fh, pos)
         try:
             result, problem = _read_member(member, handle)
@@ -165,18 +203,21 @@ def _scan_gzip(
         except DAMAGE as exc:
             if not resyncing or member.looks_like_warc:
                 bad(pos, describe(exc))
-            resyncing = True
+            resyncing = damaged = True
+            intact = 0
             pos = _find(fh, GZIP_MEMBER_MAGIC, pos + 1, size)
             continue
         resyncing = False
+        intact += 1
         if problem is not None:
             bad(pos, problem)
         if result is not None:
             yield pos, result
         pos = end
+    return size
 
 
-def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None]) -> tuple[T | None, str | None]:
+def _read_member(member: _GzipMember, handle: Callable[[Record], T | None]) -> tuple[T | None, str | None]:
     """The handled first record of a member, and a problem to report (content unusable, or extra records)."""
     records = ArchiveIterator(member)
     record = _parse_next(records)
@@ -193,7 +234,7 @@ def _read_member(member: _GzipMember, handle: Callable[[ArcWarcRecord], T | None
 
 
 def _scan_plain(
-    fh: BinaryIO, size: int, handle: Callable[[ArcWarcRecord], T | None], bad: BadRecords
+    fh: BinaryIO, size: int, handle: Callable[[Record], T | None], bad: BadRecords
 ) -> Iterator[tuple[int, T]]:
     """Uncompressed files have no member boundaries or CRCs: a record is damaged when warcio cannot parse it
     or when its Content-Length does not land on the blank lines that end every record."""
@@ -258,12 +299,46 @@ def _missing(record: ArcWarcRecord) -> int:
     return max(int(getattr(record.raw_stream, "limit", 0) or 0), 0)
 
 
-def _handled(handle: Callable[[ArcWarcRecord], T | None], record: ArcWarcRecord) -> tuple[T | None, str | None]:
+def _handled(handle: Callable[[Record], T | None], record: ArcWarcRecord) -> tuple[T | None, str | None]:
     """``handle``'s result, or the reason its content is unusable (no resync needed: the bytes are fine)."""
+    return handled(handle, _WarcioRecord(record))
+
+
+def handled(handle: Callable[[Record], T | None], record: Record) -> tuple[T | None, str | None]:
+    """``handle(record)``, or ``(None, reason)`` if it raised ``BadRecord``."""
     try:
         return handle(record), None
     except BadRecord as exc:
         return None, describe(exc)
+
+
+class _WarcioRecord:
+    """A warcio record seen as a ``Record``."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: ArcWarcRecord) -> None:
+        self._record = record
+
+    @property
+    def type(self) -> str:
+        return self._record.rec_type
+
+    def header(self, name: str) -> str | None:
+        return self._record.rec_headers.get_header(name)
+
+    @property
+    def http_content_type(self) -> str | None:
+        headers = self._record.http_headers
+        return None if headers is None else headers.get_header("Content-Type")
+
+    @property
+    def is_http(self) -> bool:
+        return self._record.http_headers is not None
+
+    def body(self, limit: int | None = None) -> bytes:
+        stream = self._record.content_stream()
+        return stream.read() if limit is None else stream.read(limit)
 
 
 def _find(fh: BinaryIO, marker: bytes, start: int, size: int) -> int:
@@ -285,38 +360,3 @@ def _find(fh: BinaryIO, marker: bytes, start: int, size: int) -> int:
 
 
 PageImages = tuple[str | None, list[ImageTag]]
-
-
-class ArchiveReader:
-    """A validated WARC-format snapshot (WARC or WAT): its first record is read when the reader is built.
-
-    Subclasses say how one record yields a page and its images (``_extractor``); the walk over records, the
-    bad-record handling and the ids (``{file name}@{record offset}#{image index}``) are shared.
-    """
-
-    def __init__(self, path: Path, gzipped: bool, on_bad_record: BadRecordHandler | None = None) -> None:
-        self.path = path
-        self._gzipped = gzipped
-        self._on_bad_record = on_bad_record
-        check_compression(path, gzipped)
-        check_archive(path, gzipped)
-
-    @property
-    def total(self) -> int | None:
-        return None
-
-    def _extractor(self) -> Callable[[ArcWarcRecord], PageImages | None]:
-        raise NotImplementedError
-
-    def _finished(self, extractor: Callable[[ArcWarcRecord], PageImages | None]) -> None:
-        """Called after a complete pass, e.g. to warn about a file that yielded nothing."""
-
-    def __iter__(self) -> Iterator[Reference]:
-        bad = BadRecords(self.path, self._on_bad_record, unit="offset")
-        extractor = self._extractor()
-        name = self.path.name
-        for offset, (page_url, images) in scan_records(self.path, self._gzipped, extractor, bad):
-            for image in images:
-                yield Reference(url=image.url, ref_id=f"{name}@{offset}#{image.index}", page_url=page_url,
-                                alt=image.alt)
-        self._finished(extractor)

@@ -12,10 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from warcio.recordloader import ArcWarcRecord
+from selectolax.lexbor import SelectolaxError
 
-from crawler.readers.html import ImageTag, decoded_chunks, page_images
-from crawler.readers.records import ArchiveReader, BadRecord, PageImages
+from crawler.readers.archive import ArchiveReader
+from crawler.readers.html import MAX_HTML_BYTES, ImageTag, body_images
+from crawler.readers.records import BadRecord, PageImages, Record
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,13 @@ HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 class WarcReader(ArchiveReader):
     """A validated WARC snapshot: the ``<img>`` tags of its HTML responses."""
 
-    def _extractor(self) -> Callable[[ArcWarcRecord], PageImages | None]:
+    def _extractor(self) -> Callable[[Record], PageImages | None]:
         return _html_images
 
 
-def target_uri(record: ArcWarcRecord) -> str | None:
+def target_uri(record: Record) -> str | None:
     """The record's ``WARC-Target-URI``, without the angle brackets some early WARC writers put around it."""
-    uri = record.rec_headers.get_header("WARC-Target-URI")
+    uri = record.header("WARC-Target-URI")
     if uri is None:
         return None
     uri = uri.strip()
@@ -40,20 +41,19 @@ def target_uri(record: ArcWarcRecord) -> str | None:
     return uri or None
 
 
-def _html_images(record: ArcWarcRecord) -> tuple[str | None, list[ImageTag]] | None:
+def _html_images(record: Record) -> tuple[str | None, list[ImageTag]] | None:
     """The page URL and images of an HTML response record; ``None`` for any other record."""
-    if record.rec_type != "response" or record.http_headers is None:
+    if record.type != "response" or not record.is_http:
         return None
-    content_type = record.http_headers.get_header("Content-Type")
+    content_type = record.http_content_type
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if mime not in HTML_TYPES:
         return None
     page_url = target_uri(record)
-    # content_stream() undoes chunking and Content-Encoding (Common Crawl renames those headers, so its
+    # The body comes with chunking and Content-Encoding undone (Common Crawl renames those headers, so its
     # bodies are stored decoded).
+    body = record.body(MAX_HTML_BYTES)
     try:
-        images = page_images(decoded_chunks(record.content_stream(), content_type), page_url)
-    except AssertionError as exc:  # how the stdlib parser gives up on some malformed markup
+        return page_url, body_images(body, content_type, page_url)
+    except SelectolaxError as exc:  # Lexbor could not build the document (out of memory, in practice)
         raise BadRecord(f"HTML parser gave up on the page: {exc}") from None
-    return page_url, images
-

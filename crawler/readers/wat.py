@@ -17,11 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from warcio.recordloader import ArcWarcRecord
-
+from crawler.readers.archive import ArchiveReader
 from crawler.readers.base import json_kind
 from crawler.readers.html import ImageTag, resolve
-from crawler.readers.records import ArchiveReader, BadRecord, PageImages
+from crawler.readers.records import BadRecord, PageImages, Record
 from crawler.readers.warc import target_uri
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ class WatReader(ArchiveReader):
     def _extractor(self) -> _LinkExtractor:
         return _LinkExtractor()
 
-    def _finished(self, extractor: Callable[[ArcWarcRecord], PageImages | None]) -> None:
+    def _finished(self, extractor: Callable[[Record], PageImages | None]) -> None:
         if isinstance(extractor, _LinkExtractor) and extractor.json_records == 0:
             # A WARC file named .wat reads "fine" and yields nothing; say why instead of staying silent.
             logger.warning("%s: no JSON metadata records found; is it really a WAT file?", self.path)
@@ -48,14 +47,14 @@ class _LinkExtractor:
     def __init__(self) -> None:
         self.json_records = 0
 
-    def __call__(self, record: ArcWarcRecord) -> tuple[str | None, list[ImageTag]] | None:
-        if record.rec_type != "metadata":
+    def __call__(self, record: Record) -> tuple[str | None, list[ImageTag]] | None:
+        if record.type != "metadata":
             return None
-        if "json" not in (record.rec_headers.get_header("Content-Type") or "").lower():
+        if "json" not in (record.header("Content-Type") or "").lower():
             return None
         self.json_records += 1
         try:
-            document = json.loads(record.content_stream().read())
+            document = json.loads(record.body())
         except ValueError as exc:  # also covers undecodable bytes
             raise BadRecord(f"invalid JSON in WAT metadata record: {exc}") from None
         if not isinstance(document, dict):
