@@ -55,12 +55,19 @@ def check_inputs(settings: Settings) -> None:
     from crawler.storage.base import StoreError
     from crawler.storage.factory import store_options
 
+    hashes = check_hashes(settings.getlist("REFWATCH_HASHES"), settings.getbool("REFWATCH_PDQ_DIHEDRAL"))
+    settings.set("REFWATCH_HASHES", list(hashes), priority="cmdline")
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
             open_snapshot(path)
         lists = load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
                                skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
         settings.set("REFWATCH_LOADED_HASHLISTS", lists, priority="cmdline")
+        for hashlist in lists:
+            missing = [a for a in hashlist.algorithms if a not in hashes]
+            if missing:
+                raise InputError(f"{hashlist.path}: list {hashlist.name!r} holds {', '.join(missing)} hashes, which "
+                                 f"--hashes {','.join(hashes)} does not compute (add them, or leave --hashes out)")
         out = settings.get("REFWATCH_OUT")
         if is_remote(out):  # a wrong bucket, endpoint or credentials: bad input, before anything is fetched
             check_remote(out, store_options(settings))
@@ -71,6 +78,19 @@ def check_inputs(settings: Settings) -> None:
             queue.close()
     except (SnapshotError, HashListError, QueueError, StoreError) as exc:
         raise InputError(str(exc)) from exc
+
+
+def check_hashes(names: list[str], pdq_dihedral: bool) -> tuple[str, ...]:
+    """The ``REFWATCH_HASHES`` algorithms, checked: known names, at least one, and pdq with --pdq-dihedral."""
+    from crawler.hashing.digest import parse_algorithms
+
+    try:
+        hashes = parse_algorithms(names)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if pdq_dihedral and "pdq" not in hashes:
+        raise InputError("--pdq-dihedral needs pdq among --hashes")
+    return hashes
 
 
 def prepare_recheck(settings: Settings) -> None:

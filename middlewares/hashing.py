@@ -15,7 +15,7 @@ from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
 
-from crawler.hashing.digest import Digest, hash_bytes, pdq_dihedral_hashes
+from crawler.hashing.digest import ALGORITHMS, Digest, hash_bytes
 from crawler.references import REFERENCE_META
 
 DIGEST_META = "refwatch_digest"
@@ -24,9 +24,11 @@ BODY_SIZE_META = "refwatch_body_size"
 
 
 class ImageHashMiddleware:
-    def __init__(self, max_pixels: int, threads: int, pdq_dihedral: bool = False) -> None:
+    def __init__(self, max_pixels: int, threads: int, pdq_dihedral: bool = False,
+                 algorithms: tuple[str, ...] = ALGORITHMS) -> None:
         self.max_pixels = max_pixels
         self.pdq_dihedral = pdq_dihedral
+        self.algorithms = algorithms
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="refwatch-hash")
 
     @classmethod
@@ -35,6 +37,7 @@ class ImageHashMiddleware:
             max_pixels=crawler.settings.getint("REFWATCH_MAX_PIXELS"),
             threads=crawler.settings.getint("REFWATCH_HASH_THREADS"),
             pdq_dihedral=crawler.settings.getbool("REFWATCH_PDQ_DIHEDRAL"),
+            algorithms=tuple(crawler.settings.getlist("REFWATCH_HASHES", list(ALGORITHMS))),
         )
         crawler.signals.connect(middleware.spider_closed, signal=signals.spider_closed)
         return middleware
@@ -57,10 +60,9 @@ class ImageHashMiddleware:
 
     def _hash(self, body: bytes) -> tuple[Digest, tuple[str, ...]]:
         """Runs in a hashing thread: the digest, and the dihedral PDQ hashes when they are asked for."""
-        digest = hash_bytes(body, max_pixels=self.max_pixels)
-        if not (self.pdq_dihedral and digest.pdq):
-            return digest, ()
-        return digest, tuple(pdq_dihedral_hashes(body, max_pixels=self.max_pixels)[1:])
+        digest = hash_bytes(body, max_pixels=self.max_pixels, algorithms=self.algorithms,
+                            pdq_dihedral=self.pdq_dihedral)
+        return digest, digest.pdq_dihedral[1:] if digest.pdq_dihedral else ()
 
     def spider_closed(self, spider: Spider) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -241,3 +241,34 @@ def test_pdq_dihedral_finds_a_rotated_copy_only_when_asked(web: SampleWeb, tmp_p
     assert plain["rotated"]["outcome"] == "ok" and not plain["rotated"]["matched"]
     dihedral = crawl(tmp_path / "dihedral", snapshot, extra=(*base, "--pdq-dihedral"))
     assert dihedral["rotated"]["matched"] and not dihedral["other"]["matched"]
+
+
+def test_hashes_option_computes_only_what_is_asked(web: SampleWeb, tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "s.csv", [("a", web.url("/img/1.jpg"))])
+    rows = crawl(tmp_path, snapshot, extra=("--allow-private-networks", "--hashes", "sha256,PDQ"))
+    row = rows["a"]
+    assert row["outcome"] == "ok" and len(row["sha256"]) == 64 and len(row["pdq"]) == 64
+    assert (row["md5"], row["sha1"], row["phash"], row["dhash"]) == (None, None, None, None)
+    hashed = run_refwatch("hash", "--json", "--hashes", "md5", str(_image_file(web, tmp_path)))
+    assert hashed.returncode == 0, hashed.stderr
+    assert json.loads(hashed.stdout)["phash"] is None
+
+
+def test_hashes_option_refuses_what_a_list_needs(web: SampleWeb, tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "s.csv", [("a", web.url("/img/1.jpg"))])
+    listing = tmp_path / "list.csv"
+    listing.write_text("algorithm,hash\npdq," + "ab" * 32 + "\n")
+    cases = {("--hashes", "md5,sha256", "--hashlist", str(listing)): f"{listing}: list 'list' holds pdq hashes",
+             ("--hashes", "md5,crc32"): "--hashes: expected some of md5,sha1,sha256,phash,dhash,pdq",
+             ("--hashes", "md5", "--pdq-dihedral"): "--pdq-dihedral needs pdq among --hashes"}
+    for extra, message in cases.items():
+        done = run_refwatch("crawl", str(snapshot), "--out", str(tmp_path / "out"), *extra)
+        assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def _image_file(web: SampleWeb, folder: Path) -> Path:
+    path = folder / "one.jpg"
+    path.write_bytes(web.image_bytes(1))
+    return path

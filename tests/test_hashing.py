@@ -33,8 +33,9 @@ from crawler.hashing.digest import (
 )
 from crawler.sample.images import encode, synthetic_image, synthetic_jpeg
 
-# Meta's tolerance between PDQ implementations (JPEG decoders differ slightly); the reference test uses it.
-PDQ_CONFORMANCE_DISTANCE = 16
+# Meta's reference test allows 16 between implementations (JPEG decoders differ slightly); refwatch stays within 10
+# of every published hash (issue 10; measured max 10, the C++ dihedral set).
+PDQ_CONFORMANCE_DISTANCE = 10
 PDQ_MATCH_DISTANCE = 31  # Meta's recommended match threshold (pdq/README.md)
 
 # Expected PDQ hashes from facebook/ThreatExchange pdq/python/pdqhashing/tests/pdq_test.py (the pure-Python
@@ -188,17 +189,17 @@ def test_phash_and_dhash_are_exactly_imagehash(pdq_dir: Path, real_digests: dict
         assert len(digest.phash) == 16 and len(digest.dhash) == 16
 
 
-def test_pdq_within_16_of_meta_python_reference(real_digests: dict[str, Digest]) -> None:
+def test_pdq_within_10_of_meta_python_reference(real_digests: dict[str, Digest]) -> None:
     distances = {n: hamming_distance(real_digests[n].pdq or "", ref) for n, ref in PDQ_REFERENCE_PYTHON.items()}
     assert max(distances.values()) <= PDQ_CONFORMANCE_DISTANCE, distances
 
 
-def test_pdq_within_16_of_meta_cpp_reference(real_digests: dict[str, Digest]) -> None:
+def test_pdq_within_10_of_meta_cpp_reference(real_digests: dict[str, Digest]) -> None:
     distances = {n: hamming_distance(real_digests[n].pdq or "", ref) for n, ref in PDQ_REFERENCE_CPP.items()}
     assert max(distances.values()) <= PDQ_CONFORMANCE_DISTANCE, distances
 
 
-def test_pdq_within_16_of_meta_bridge_mods_reference(real_digests: dict[str, Digest]) -> None:
+def test_pdq_within_10_of_meta_bridge_mods_reference(real_digests: dict[str, Digest]) -> None:
     for name, ref in PDQ_REFERENCE_BRIDGE_MODS.items():
         digest = real_digests[name]
         assert digest.pdq is not None and len(digest.pdq) == 64 and digest.pdq == digest.pdq.lower()

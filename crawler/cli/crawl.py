@@ -62,8 +62,10 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=int, default=None, help="larger bodies are too_large (default 50 MiB)")
     p.add_argument("--max-pixels", type=int, default=None, help="larger images are decode_error (default 64M)")
     p.add_argument("--user-agent", default=None, help="User-Agent; name refwatch and a contact URL")
+    p.add_argument("--hashes", default=None, metavar="ALGO[,ALGO]",
+                   help="what to compute of each body: md5, sha1, sha256, phash, dhash, pdq (default all)")
     p.add_argument("--pdq-dihedral", action="store_true",
-                   help="also match PDQ of each image's rotations and flips (about +6 ms an image)")
+                   help="also match PDQ of each image's rotations and flips (from the same DCT: nearly free)")
     p.add_argument("--obey-robots", action="store_true", help="consult robots.txt (robots_blocked)")
     p.add_argument("--allow-private-networks", action="store_true",
                    help="allow loopback/private/link-local addresses (demo and tests)")
@@ -107,6 +109,7 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
         "RETRY_TIMES": args.retries,
         "DOWNLOAD_MAXSIZE": args.max_bytes,
         "REFWATCH_MAX_PIXELS": args.max_pixels,
+        "REFWATCH_HASHES": args.hashes.split(",") if args.hashes else None,
         "USER_AGENT": args.user_agent,
         "LOG_LEVEL": args.log_level,
         "REFWATCH_RECHECK_RUN": args.recheck,

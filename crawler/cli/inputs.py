@@ -26,6 +26,8 @@ def add_input_commands(commands: Any) -> None:
     hash_.add_argument("--json", action="store_true", help="JSON Lines")
     hash_.add_argument("--hashlist-out", metavar="FILE", help="also write a hash-list CSV of these images")
     hash_.add_argument("--label", default=None, help="label for the --hashlist-out entries")
+    hash_.add_argument("--hashes", default=None, metavar="ALGO[,ALGO]",
+                       help="what to compute: md5, sha1, sha256, phash, dhash, pdq (default all)")
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
@@ -49,14 +51,18 @@ def _cell(value: str | None) -> str:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
-    from crawler.hashing.digest import hash_file
+    from crawler.hashing.digest import ALGORITHMS, hash_file, parse_algorithms
 
+    try:
+        algorithms = parse_algorithms(args.hashes.split(",")) if args.hashes else ALGORITHMS
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     rows = []
     for name in args.files:
         path = Path(name)
         if not path.is_file():
             raise BadInput(f"{name}: no such file")
-        d = hash_file(path)
+        d = hash_file(path, algorithms=algorithms)
         row = {"file": name, "bytes": d.size, "md5": d.md5, "sha1": d.sha1, "sha256": d.sha256, "phash": d.phash,
                "dhash": d.dhash, "pdq": d.pdq, "pdq_quality": d.pdq_quality, "width": d.width, "height": d.height}
         if d.decode_error:

@@ -9,11 +9,16 @@ decoded.
 Failures are values: a body that is not an image, or an image that cannot be decoded, still gets its
 cryptographic digests, and ``Digest.decode_error`` says why the perceptual ones are missing.
 
+Every image is decoded once and each of its rows read once (``crawler.hashing.kernels``): pHash and dHash
+are imagehash's, bit for bit (Pillow's luma and LANCZOS resize reproduced exactly), and PDQ is Meta's
+algorithm with the 512-px thumbnail folded into the filter. ``algorithms`` names what to compute, so a crawl
+that needs only some hashes pays only for those.
+
 PDQ follows Meta's reference implementations and is checked against their published hashes in the tests:
-an image larger than 512 pixels a side is first shrunk to fit 512x512, as Meta's pure-Python hasher does
-(``img.thumbnail((512, 512))``, bicubic; the C++ ``pdqHash256FromFile`` also resizes to 512x512 first), it is
-converted with ``img.convert("RGB")`` like that hasher, and the hash is written as hex most-significant bit
-first, as ``Hash256`` prints it (and as python-threatexchange writes pdqhash's bit vector).
+an image larger than 512 pixels a side is seen as shrunk to fit 512x512, as Meta's pure-Python hasher does
+(``img.thumbnail((512, 512))``, bicubic; the C++ ``pdqHash256FromFile`` also resizes to 512x512 first), its
+pixels are those of ``img.convert("RGB")`` like that hasher's, and the hash is written as hex most-significant
+bit first, as ``Hash256`` prints it (and as python-threatexchange writes pdqhash's bit vector).
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ import logging
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
-import imagehash
 import numpy as np
-import pdqhash
+import pyarrow
+import scipy.fftpack
 from PIL import Image
+
+from crawler.hashing import kernels
+from crawler.hashing.pdq import MIN_HASHABLE_DIM, pdq_from_block, thumbnail_size
+from crawler.hashing.pdq import pdq_hex as _kernel_pdq_hex
 
 logger = logging.getLogger(__name__)
 
 # Stable names: they end up in stored events and hash-list columns, so never rename them.
 ALGORITHMS: tuple[str, ...] = ("md5", "sha1", "sha256", "phash", "dhash", "pdq")
 PERCEPTUAL: tuple[str, ...] = ("phash", "dhash", "pdq")
+DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
 
 # Bodies whose header announces more pixels than this are not decoded. 64 megapixels covers every camera
 # photo (a 48 MP phone, an 8K frame at 33 MP) while bounding a worker's decode to about 4 bytes a pixel
@@ -68,9 +79,9 @@ class Digest:
     """
 
     size: int
-    md5: str
-    sha1: str
-    sha256: str
+    md5: str | None
+    sha1: str | None
+    sha256: str | None
     phash: str | None
     dhash: str | None
     pdq: str | None
@@ -81,11 +92,14 @@ class Digest:
     decode_error: str | None
     looks_like_image: bool
     hash_seconds: float
+    #: The PDQ hashes of the image's 8 rotations and flips in ``PDQ_DIHEDRAL_ORDER`` (the first is ``pdq``),
+    #: when asked for with ``pdq_dihedral=True``.
+    pdq_dihedral: tuple[str, ...] | None = None
 
     @property
     def decodable(self) -> bool:
-        """True when the pixels were decoded and the perceptual hashes computed."""
-        return self.phash is not None
+        """True when the pixels were decoded (and the perceptual hashes asked for computed)."""
+        return self.width is not None and self.decode_error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +114,34 @@ class _Perceptual:
     height: int | None = None
     image_format: str | None = None
     decode_error: str | None = None
+    pdq_dihedral: tuple[str, ...] | None = None
 
 
-def hash_bytes(body: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, perceptual: bool = True) -> Digest:
-    """Hash ``body`` in memory; with ``perceptual=False`` only the cryptographic digests (no decoding)."""
+def hash_bytes(
+    body: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    perceptual: bool = True,
+    algorithms: Collection[str] = ALGORITHMS,
+    pdq_dihedral: bool = False,
+) -> Digest:
+    """Hash ``body`` in memory: the ``algorithms`` asked for (``None`` for the others). Without phash, dhash
+    or pdq among them only the image header is read (format and size; ``decodable`` then means "the header
+    parses"); with ``perceptual=False`` not even that. ``pdq_dihedral`` adds the PDQ hashes of the 8
+    rotations and flips (needs ``pdq``)."""
     started = time.thread_time()  # CPU of this thread: wall time would count waits for the GIL
-    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-    sha1 = hashlib.sha1(body, usedforsecurity=False).hexdigest()
-    sha256 = hashlib.sha256(body).hexdigest()
+    wanted = frozenset(algorithms)
+    unknown = wanted - set(ALGORITHMS)
+    if unknown:
+        raise ValueError(f"unknown hash algorithms: {', '.join(sorted(unknown))}")
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest() if "md5" in wanted else None
+    sha1 = hashlib.sha1(body, usedforsecurity=False).hexdigest() if "sha1" in wanted else None
+    sha256 = hashlib.sha256(body).hexdigest() if "sha256" in wanted else None
     magic = has_image_magic(body)
-    result = _decode_and_hash(body, max_pixels) if perceptual else _Perceptual()
+    asked = wanted & set(PERCEPTUAL)
+    # Without a perceptual hash nothing needs the pixels: the header alone says what the body is (its
+    # format and size), which is what tells an image from an error page; a body cut short still passes.
+    result = _decode_and_hash(body, max_pixels, asked, pdq_dihedral and "pdq" in asked) if perceptual else _Perceptual()
     return Digest(
         size=len(body),
         md5=md5,
@@ -126,16 +158,30 @@ def hash_bytes(body: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, perceptual:
         # Pillow identifying a format counts too: a few formats (TGA, PCX...) have no magic at all.
         looks_like_image=magic or result.image_format is not None,
         hash_seconds=time.thread_time() - started,
+        pdq_dihedral=result.pdq_dihedral,
     )
 
 
+def parse_algorithms(names: Collection[str]) -> tuple[str, ...]:
+    """``--hashes`` names, normalised and deduplicated in the given order; ValueError naming what is wrong."""
+    chosen = tuple(dict.fromkeys(name.strip().lower() for name in names if name.strip()))
+    unknown = [name for name in chosen if name not in ALGORITHMS]
+    if unknown or not chosen:
+        raise ValueError(f"--hashes: expected some of {','.join(ALGORITHMS)}, got {','.join(names) or 'nothing'!r}")
+    return chosen
+
+
 def hash_file(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, perceptual: bool = True
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    perceptual: bool = True,
+    algorithms: Collection[str] = ALGORITHMS,
 ) -> Digest:
     """Hash a local file exactly as a downloaded body would be (for ``refwatch hash``)."""
     with open(path, "rb") as handle:
         body = handle.read()
-    return hash_bytes(body, max_pixels=max_pixels, perceptual=perceptual)
+    return hash_bytes(body, max_pixels=max_pixels, perceptual=perceptual, algorithms=algorithms)
 
 
 #: The order of ``pdq_dihedral_hashes``: each name is the transformation of the image whose PDQ hash sits at
@@ -150,24 +196,19 @@ def pdq_dihedral_hashes(image: bytes | Image.Image, *, max_pixels: int = DEFAULT
     """PDQ hashes of the 8 rotations and flips of ``image`` (a body or a decoded image), in PDQ_DIHEDRAL_ORDER.
 
     The first is the plain PDQ hash (``hash_bytes(body).pdq``, bit for bit); the others are what PDQ would give
-    the rotated or flipped picture, computed from the same DCT in one pass by Meta's C++ code (pdqhash's
-    ``compute_dihedral``), so matching them against a list finds rotated and mirrored copies. The quality is
-    the plain hash's. A body is decoded exactly as ``hash_bytes`` decodes it (same pixel limit, first frame,
-    no EXIF transpose); one that cannot be decoded raises ValueError with the reason (never its bytes).
+    the rotated or flipped picture, computed from the same DCT in one pass as Meta's C++ code does
+    (``pdqDihedralHash256esFromFloatLuma``), so matching them against a list finds rotated and mirrored
+    copies. A body is decoded exactly as ``hash_bytes`` decodes it (same pixel limit, first frame, no EXIF
+    transpose); one that cannot be decoded raises ValueError with the reason (never its bytes).
     """
     if isinstance(image, Image.Image):
-        vectors, _ = pdqhash.compute_dihedral(_pdq_pixels(_rgb(image)))
-        return [pdq_hex(bits) for bits in vectors]
-    try:
-        with Image.open(io.BytesIO(image)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ValueError(f"image has {width * height} pixels, over the limit of {max_pixels}")
-            img.load()
-            vectors, _ = pdqhash.compute_dihedral(_pdq_pixels(_rgb(img)))
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes, as in _decode_and_hash
-        raise ValueError(f"cannot hash body of {len(image)} bytes: {_describe(exc)}") from None
-    return [pdq_hex(bits) for bits in vectors]
+        hashes = _hash_image(image, frozenset({"pdq"}), True)
+        assert hashes.pdq_dihedral is not None
+        return list(hashes.pdq_dihedral)
+    result = _decode_and_hash(image, max_pixels, frozenset({"pdq"}), True)
+    if result.pdq_dihedral is None:
+        raise ValueError(f"cannot hash body of {len(image)} bytes: {result.decode_error}")
+    return list(result.pdq_dihedral)
 
 
 def hamming_distance(a_hex: str, b_hex: str) -> int:
@@ -217,8 +258,8 @@ def has_image_magic(body: bytes) -> bool:
     return head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES
 
 
-def _decode_and_hash(body: bytes, max_pixels: int) -> _Perceptual:
-    """Decode the first frame and compute pHash, dHash and PDQ; any failure becomes ``decode_error``."""
+def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedral: bool) -> _Perceptual:
+    """Decode the first frame and compute the ``asked`` perceptual hashes; any failure becomes ``decode_error``."""
     if not body:
         return _Perceptual(decode_error="empty body")
     image_format: str | None = None
@@ -239,41 +280,109 @@ def _decode_and_hash(body: bytes, max_pixels: int) -> _Perceptual:
                     image_format=image_format,
                     decode_error=f"image has {pixels} pixels, over the limit of {max_pixels}",
                 )
+            if not asked:
+                return _Perceptual(width=width, height=height, image_format=image_format)
             # Image.open leaves an animated image on its first frame, which is the one we hash. EXIF
             # orientation is deliberately NOT applied: Meta's reference hashers hash the stored pixels
             # (neither the C++ CImg loader nor the pure-Python hasher transposes), so the hash lists we match
             # against were made that way; a transposed photo would drift away from its listed hash.
             # A truncated body raises here because ImageFile.LOAD_TRUNCATED_IMAGES stays False.
             img.load()
-            phash, dhash, pdq, quality = _perceptual_hashes(img)
+            hashes = _hash_image(img, asked, dihedral)
     except Exception as exc:  # noqa: BLE001 - see the comment above
         reason = _describe(exc)
         logger.debug("cannot decode body of %d bytes: %s", len(body), reason)
         return _Perceptual(width=width, height=height, image_format=image_format, decode_error=reason)
     return _Perceptual(
-        phash=phash,
-        dhash=dhash,
-        pdq=pdq,
-        pdq_quality=quality,
+        phash=hashes.phash,
+        dhash=hashes.dhash,
+        pdq=hashes.pdq,
+        pdq_quality=hashes.pdq_quality,
         width=width,
         height=height,
         image_format=image_format,
+        pdq_dihedral=hashes.pdq_dihedral,
     )
 
 
-def _perceptual_hashes(img: Image.Image) -> tuple[str, str, str, int]:
-    """pHash and dHash exactly as imagehash computes them, and PDQ as Meta's reference does."""
-    # imagehash starts with image.convert("L"); converting once here and handing it the L image gives
-    # bit-identical results (convert("L") of an L image is a copy) without converting twice.
-    rgb = _rgb(img)
+def _hash_image(img: Image.Image, asked: frozenset[str], dihedral: bool) -> _Perceptual:
+    """pHash and dHash exactly as imagehash computes them and PDQ as Meta's reference does, from one read
+    of the image's 8-bit luma.
+
+    imagehash hashes ``img.convert("L")`` (8-bit luma); PDQ hashes the float luma of ``img.convert("RGB")``
+    (``(299 R + 587 G + 114 B) / 1000`` in float32, Pillow's ``convert("F")``: the reference's value to the
+    last bit or one unit in it). ``_luma_planes`` makes both in one read of the pixels.
+    """
+    want_imagehash = bool(asked & {"phash", "dhash"})
+    want_pdq = "pdq" in asked
+    cols_thumb, rows_thumb = thumbnail_size(img.width, img.height)
+    pdq_hashable = want_pdq and min(rows_thumb, cols_thumb) >= MIN_HASHABLE_DIM
+    grey, luma = _luma_planes(img, want_imagehash, pdq_hashable)
+    small = tiny = block = None
+    if want_imagehash:
+        both_ways = kernels.needs_transposed(img.width, img.height)
+        small, tiny = kernels.imagehash_arrays(grey, kernels.transposed(grey) if both_ways else _NO_ARRAY)
+    if pdq_hashable:
+        block = kernels.pdq_block(luma, rows_thumb, cols_thumb)
+    phash = _phash_hex(small) if "phash" in asked else None
+    dhash = _dhash_hex(tiny) if "dhash" in asked else None
+    pdq = quality = None
+    pdq_all: tuple[str, ...] | None = None
+    if want_pdq:
+        if pdq_hashable:
+            bits, quality = pdq_from_block(block, dihedral)
+            hexes = tuple(_kernel_pdq_hex(b) for b in bits)
+        else:  # too small to filter: the reference's cleared hash and quality 0
+            hexes, quality = ("0" * 64,) * (8 if dihedral else 1), 0
+        pdq = hexes[0]
+        pdq_all = hexes if dihedral else None
+    return _Perceptual(phash=phash, dhash=dhash, pdq=pdq, pdq_quality=quality, pdq_dihedral=pdq_all)
+
+
+_NO_ARRAY = np.zeros((0, 0), dtype=np.uint8)
+_NO_ARRAY.flags.writeable = False  # the same numba type as np.asarray of an image: one compiled variant
+
+
+def _luma_planes(img: Image.Image, want_grey: bool, want_float: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The 8-bit luma imagehash hashes (``convert("L")``) and the float luma PDQ filters (``convert("F")`` of
+    ``convert("RGB")``), as read-only arrays, converting only what is needed.
+
+    RGB images are read where Pillow keeps them (its Arrow export is a zero-copy view of the 4-byte RGBX
+    pixels; images too large for one memory block are copied out) and both planes come from one numba pass,
+    bit for bit Pillow's. A grey image is its own plane for both (PDQ's luma of grey is the grey value).
+    """
+    if img.mode == "L":
+        grey = np.asarray(img)
+        return grey, grey
+    if img.mode == "RGB":
+        try:
+            flat, bands = np.frombuffer(pyarrow.array(img).buffers()[-1], dtype=np.uint8), 4
+        except ValueError:  # "Image rows are not contiguous in memory": more than one block
+            flat, bands = np.asarray(img).reshape(-1), 3
+        return kernels.rgb_planes(flat, bands, img.height, img.width)
+    grey = np.asarray(_grey(img)) if want_grey else _NO_ARRAY
+    luma = _luma_planes(_rgb(img), False, want_float)[1] if want_float else _NO_ARRAY
+    return grey, luma
+
+
+def _grey(img: Image.Image) -> Image.Image:
+    """``img.convert("L")`` as imagehash does it; modes Pillow cannot take to L directly go through RGB."""
     try:
-        grey = img.convert("L")
-    except ValueError:  # modes Pillow cannot take to L directly (LAB): go through RGB
-        grey = rgb.convert("L")
-    phash = str(imagehash.phash(grey))
-    dhash = str(imagehash.dhash(grey))
-    pdq, quality = _pdq(rgb)
-    return phash, dhash, pdq, quality
+        return img.convert("L")
+    except ValueError:  # LAB
+        return _rgb(img).convert("L")
+
+
+def _phash_hex(small: np.ndarray) -> str:
+    """imagehash.phash from its 32x32 image: 2-D DCT (scipy, as imagehash), the 8x8 low band over its median."""
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(small, axis=0), axis=1)
+    low = dct[:8, :8]
+    return np.packbits(low > np.median(low)).tobytes().hex()
+
+
+def _dhash_hex(tiny: np.ndarray) -> str:
+    """imagehash.dhash from its 8x9 image: each pixel brighter than its left neighbour."""
+    return np.packbits(tiny[:, 1:] > tiny[:, :-1]).tobytes().hex()
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -289,23 +398,6 @@ def _rgb(img: Image.Image) -> Image.Image:
         wide = np.asarray(img)
         return Image.fromarray((wide >> 8).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
-
-
-def _pdq(rgb: Image.Image) -> tuple[str, int]:
-    """PDQ hex and quality of an RGB image, shrunk first like Meta's reference hashers."""
-    bits, quality = pdqhash.compute(_pdq_pixels(rgb))
-    return pdq_hex(bits), int(quality)
-
-
-def _pdq_pixels(rgb: Image.Image) -> np.ndarray:
-    """The RGB pixels PDQ hashes: images over 512 px a side shrunk to fit 512x512 first."""
-    if rgb.width > PDQ_MAX_DIMENSION or rgb.height > PDQ_MAX_DIMENSION:
-        # Same as the reference's img.thumbnail((512, 512)) (bicubic, reducing_gap=2.0) but without
-        # mutating the caller's image; it also spares the PDQ box filter a full-resolution pass.
-        scale = PDQ_MAX_DIMENSION / max(rgb.width, rgb.height)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return np.asarray(rgb)
 
 
 def _describe(exc: BaseException) -> str:

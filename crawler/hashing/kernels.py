@@ -1,0 +1,229 @@
+"""One pass over decoded pixels that feeds every perceptual hash: the hot loop of refwatch's hashing.
+
+Each row of the 8-bit luma image (Pillow's ``convert("L")``, the image imagehash hashes) is read once. From
+it come its LANCZOS resamples for pHash (32x32) and dHash (9x8), exactly as imagehash gets them
+(``crawler.hashing.lanczos``), and the weighted sums that give PDQ's 64x64 block (``crawler.hashing.pdq``:
+the 512-px thumbnail and the Jarosz filter folded into weights). The caller turns the three small arrays
+into hashes. PDQ reads the same 8-bit luma rather than Meta's float luma of the RGB pixels: Pillow's luma is
+the same weighted sum rounded to an integer, which moves a PDQ hash by a fraction of a bit on average
+(tests/test_hashing_fast.py bounds it) and saves converting the image twice.
+
+Compiled by numba on first use (cached beside this file) and run without the GIL, so the crawl's hashing
+threads overlap each other and the reactor.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from crawler.hashing.lanczos import PRECISION_BITS, clip8, lanczos_coefficients, resample_columns, resample_row
+from crawler.hashing.pdq import axis_weights
+
+PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
+DHASH_SIZE = (9, 8)  # imagehash.dhash: (hash_size + 1) wide, hash_size high
+
+
+@numba.njit(cache=True, nogil=True)
+def _resample_plan(in_cols: int, in_rows: int, out_cols: int, out_rows: int) -> tuple:
+    """What Pillow 13's ``ImagingResampleInner`` does for a LANCZOS resize of an 8-bit image: which passes
+    run and in which order (the vertical pass first when the height shrinks by more than twice as many
+    pixels as the width), their coefficients, and the input rows the first pass reads."""
+    need_h = out_cols != in_cols
+    need_v = out_rows != in_rows
+    horizontal_first = not ((in_rows - out_rows) > 0 and (in_rows - out_rows) > (in_cols - out_cols) * 2)
+    h_starts, h_counts, h_weights = lanczos_coefficients(in_cols, out_cols)
+    v_starts, v_counts, v_weights = lanczos_coefficients(in_rows, out_rows)
+    first = v_starts[0]
+    last = v_starts[out_rows - 1] + v_counts[out_rows - 1]
+    if horizontal_first:
+        mid = np.zeros((last - first, out_cols if need_h else in_cols), dtype=np.uint8)
+        sums = np.zeros((0, 0), dtype=np.int32)
+    else:
+        mid = np.zeros((0, 0), dtype=np.uint8)
+        sums = np.full((out_rows, in_cols), 1 << (PRECISION_BITS - 1), dtype=np.int32)
+    return (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+            first, last, mid, sums)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _take_row(plan: tuple, r: int, luma: np.ndarray) -> None:
+    """Feed input row ``r`` (8-bit luma) to a vertical-first resize: every output row whose window holds
+    ``r`` takes its share (exact integer sums, so the order of accumulation does not matter)."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    for yy in range(v_starts.size):
+        offset = r - v_starts[yy]
+        if offset < 0:
+            break
+        if offset < v_counts[yy]:
+            weight = v_weights[yy, offset]
+            row = sums[yy]
+            for c in range(luma.size):
+                row[c] += np.int32(luma[c]) * weight
+
+
+@numba.njit(cache=True, nogil=True)
+def _horizontal_first(transposed: np.ndarray, plan: tuple) -> np.ndarray:
+    """A horizontal-first resize computed from the *transposed* luma (cols x rows): each output column's
+    taps are whole rows of the transposed image, so every multiply-add runs down a contiguous vector of
+    image rows. Integer sums in Pillow's fixed point, so the 8-bit intermediate and the result are
+    Pillow's, bit for bit; the vertical pass follows as ``_ImagingResampleVertical_8bpc`` does it."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    if need_h:
+        acc = np.empty(last - first, dtype=np.int32)
+        for xx in range(h_starts.size):
+            for r in range(last - first):
+                acc[r] = 1 << (PRECISION_BITS - 1)
+            for x in range(h_counts[xx]):
+                weight = h_weights[xx, x]
+                column = transposed[h_starts[xx] + x, first:last]
+                for r in range(last - first):
+                    acc[r] += np.int32(column[r]) * weight
+            for r in range(last - first):
+                mid[r, xx] = clip8(acc[r])
+    else:
+        for r in range(last - first):
+            for c in range(mid.shape[1]):
+                mid[r, c] = transposed[c, first + r]
+    return resample_columns(mid, first, v_starts, v_counts, v_weights) if need_v else mid
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(plan: tuple) -> np.ndarray:
+    """A vertical-first resize once every row was fed: clip to 8 bits, then the horizontal pass."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    rows, cols = sums.shape
+    vertical = np.empty((rows, cols), dtype=np.uint8)
+    for y in range(rows):
+        for c in range(cols):
+            vertical[y, c] = clip8(sums[y, c])
+    if not need_h:
+        return vertical
+    out = np.empty((rows, h_starts.size), dtype=np.uint8)
+    for y in range(rows):
+        resample_row(vertical[y], h_starts, h_counts, h_weights, out[y])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes_rgbx(flat: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    n = rows * cols
+    grey = np.empty(n, dtype=np.uint8)
+    luma = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        r = np.int32(flat[4 * i])
+        g = np.int32(flat[4 * i + 1])
+        b = np.int32(flat[4 * i + 2])
+        grey[i] = np.uint8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
+        luma[i] = np.float32(r * 299 + g * 587 + b * 114) / np.float32(1000.0)
+    return grey.reshape(rows, cols), luma.reshape(rows, cols)
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes_rgb(flat: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    n = rows * cols
+    grey = np.empty(n, dtype=np.uint8)
+    luma = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        r = np.int32(flat[3 * i])
+        g = np.int32(flat[3 * i + 1])
+        b = np.int32(flat[3 * i + 2])
+        grey[i] = np.uint8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
+        luma[i] = np.float32(r * 299 + g * 587 + b * 114) / np.float32(1000.0)
+    return grey.reshape(rows, cols), luma.reshape(rows, cols)
+
+
+def rgb_planes(flat: np.ndarray, bands: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``convert("L")`` (uint8) and ``convert("F")`` (float32) of RGB pixels, bit for bit, in one
+    pass: ``flat`` holds ``rows * cols`` pixels of ``bands`` bytes (3: RGB; 4: Pillow's own RGBX layout).
+    The stride is a constant in each compiled loop, which lets the compiler vectorise it."""
+    grey, luma = (_planes_rgbx if bands == 4 else _planes_rgb)(flat, rows, cols)
+    grey.flags.writeable = luma.flags.writeable = False  # one numba type with np.asarray's read-only arrays
+    return grey, luma
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose(grey: np.ndarray) -> np.ndarray:
+    rows, cols = grey.shape
+    out = np.empty((cols, rows), dtype=np.uint8)
+    for first in range(0, rows, 16):  # 16-row strips: each output row gets 16 adjacent bytes at a time
+        last = min(rows, first + 16)
+        for c in range(cols):
+            for r in range(first, last):
+                out[c, r] = grey[r, c]
+    return out
+
+
+def transposed(grey: np.ndarray) -> np.ndarray:
+    """``grey`` transposed (cols x rows), read-only, for ``imagehash_arrays``."""
+    out = _transpose(grey)
+    out.flags.writeable = False
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def imagehash_arrays(grey: np.ndarray, transposed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 32x32 pHash image and the 8x9 dHash image of (rows, cols) uint8 luma (Pillow's ``convert("L")``),
+    exactly as Pillow's LANCZOS resize makes them; ``transposed`` is the same luma transposed when
+    ``needs_transposed`` says a resize runs horizontal-first (else unused)."""
+    rows, cols = grey.shape
+    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE)
+    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1])
+    stream_phash = not phash_plan[2]
+    stream_dhash = not dhash_plan[2]
+    if stream_phash or stream_dhash:
+        for r in range(rows):
+            if stream_phash:
+                _take_row(phash_plan, r, grey[r])
+            if stream_dhash:
+                _take_row(dhash_plan, r, grey[r])
+    phash_image = _finish(phash_plan) if stream_phash else _horizontal_first(transposed, phash_plan)
+    dhash_image = _finish(dhash_plan) if stream_dhash else _horizontal_first(transposed, dhash_plan)
+    return phash_image, dhash_image
+
+
+@numba.njit(cache=True, nogil=True)
+def pdq_block(luma: np.ndarray, rows_thumb: int, cols_thumb: int) -> np.ndarray:
+    """PDQ's filtered 64x64 block of (rows, cols) luma (float32, or uint8 for a grey image) as seen at
+    ``rows_thumb`` x ``cols_thumb``: each sampled row's weights applied along the image's rows (vectors
+    down the row), then each sampled column's."""
+    rows, cols = luma.shape
+    r_start, r_len, r_w = axis_weights(rows, rows_thumb)
+    c_start, c_len, c_w = axis_weights(cols, cols_thumb)
+    reduced = np.zeros((64, cols), dtype=np.float32)
+    first_sample = 0
+    for r in range(rows):
+        while first_sample < 64 and r_start[first_sample] + r_len[first_sample] <= r:
+            first_sample += 1
+        if first_sample == 64:
+            break
+        row = luma[r]
+        i = first_sample
+        while i < 64 and r_start[i] <= r:
+            offset = r - r_start[i]
+            if offset < r_len[i]:
+                w = r_w[i, offset]
+                if w != 0.0:
+                    target = reduced[i]
+                    for c in range(cols):
+                        target[c] += w * np.float32(row[c])
+            i += 1
+    block = np.empty((64, 64), dtype=np.float32)
+    for i in range(64):
+        for j in range(64):
+            total = np.float32(0.0)
+            start = c_start[j]
+            for t in range(c_len[j]):
+                total += c_w[j, t] * reduced[i, start + t]
+            block[i, j] = total
+    return block
+
+
+def needs_transposed(width: int, height: int) -> bool:
+    """True when Pillow resizes this image for pHash or dHash horizontal pass first (the usual case: not
+    much taller than wide): ``imagehash_arrays`` then wants the transposed luma too."""
+    return any(not ((height - out_rows) > 0 and (height - out_rows) > (width - out_cols) * 2)
+               for out_cols, out_rows in ((PHASH_SIDE, PHASH_SIDE), DHASH_SIZE))
