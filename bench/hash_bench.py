@@ -12,7 +12,7 @@ only. Each round times, over the same bodies:
 * ``reference``: ``crawler.hashing.reference`` - imagehash's pHash and dHash of ``convert("L")``, pdqhash of
   the 512-px bicubic thumbnail, plus the three digests: what ``hash_bytes`` did before the kernels;
 * ``refwatch``: ``hash_bytes(body)``, every hash; ``refwatch, no PDQ`` and ``digests only`` for the options;
-* the steps of the refwatch path one by one (decode, luma, transpose, pHash/dHash kernel, float luma, PDQ).
+* the steps of the refwatch path one by one (decode, pixel view, luma, transpose, pHash/dHash kernel, PDQ).
 
 It prints ms of CPU per image (time.process_time), the ratio to the reference, and how far the hashes are
 from the reference's (pHash/dHash must be identical; PDQ within a bit or two).
@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from crawler.hashing import kernels  # noqa: E402
-from crawler.hashing.digest import hamming_distance, hash_bytes  # noqa: E402
+from crawler.hashing.digest import _pixels, hamming_distance, hash_bytes  # noqa: E402
 from crawler.hashing.pdq import pdq_from_block, thumbnail_size  # noqa: E402
 from crawler.hashing.reference import reference_hashes  # noqa: E402
 from crawler.sample.scenes import scene_image  # noqa: E402
@@ -84,18 +84,19 @@ def steps(bodies: list[bytes]) -> dict[str, float]:
         img.load()
         decoded.append(img.convert("RGB") if img.mode not in ("RGB", "L") else img)
     out["decode"] = (time.process_time() - started) / len(bodies) * 1000
+    pixels = []
+    out["pixel view"] = cpu_ms_per_item(lambda im: pixels.append(_pixels(im)), decoded)
     greys = []
-    out["luma (L)"] = cpu_ms_per_item(lambda im: greys.append(im.convert("L")), decoded)
+    out["luma (L)"] = cpu_ms_per_item(
+        lambda i: greys.append(kernels.rgb_grey(*pixels[i], decoded[i].height, decoded[i].width)
+                               if decoded[i].mode == "RGB" else np.asarray(decoded[i])), list(range(len(bodies))))
     arrays = []
-    out["transpose"] = cpu_ms_per_item(
-        lambda g: arrays.append((np.asarray(g), np.asarray(g.transpose(Image.Transpose.TRANSPOSE)))), greys)
+    out["transpose"] = cpu_ms_per_item(lambda g: arrays.append((g, kernels.transposed(g))), greys)
     out["pHash+dHash kernel"] = cpu_ms_per_item(lambda a: kernels.imagehash_arrays(*a), arrays)
-    floats = []
-    out["float luma (F)"] = cpu_ms_per_item(lambda im: floats.append(np.asarray(im.convert("F"))), decoded)
 
     def pdq(i: int) -> None:
         cols, rows = thumbnail_size(decoded[i].width, decoded[i].height)
-        pdq_from_block(kernels.pdq_block(floats[i], rows, cols))
+        pdq_from_block(kernels.pdq_block(*pixels[i], decoded[i].height, decoded[i].width, rows, cols))
 
     out["PDQ kernel"] = cpu_ms_per_item(pdq, list(range(len(bodies))))
     out["digests"] = cpu_ms_per_item(lambda b: (hashlib.md5(b).digest(), hashlib.sha1(b).digest(),

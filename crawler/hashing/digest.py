@@ -311,19 +311,22 @@ def _hash_image(img: Image.Image, asked: frozenset[str], dihedral: bool) -> _Per
 
     imagehash hashes ``img.convert("L")`` (8-bit luma); PDQ hashes the float luma of ``img.convert("RGB")``
     (``(299 R + 587 G + 114 B) / 1000`` in float32, Pillow's ``convert("F")``: the reference's value to the
-    last bit or one unit in it). ``_luma_planes`` makes both in one read of the pixels.
+    last bit or one unit in it), made a row at a time inside the PDQ kernel.
     """
     want_imagehash = bool(asked & {"phash", "dhash"})
     want_pdq = "pdq" in asked
     cols_thumb, rows_thumb = thumbnail_size(img.width, img.height)
     pdq_hashable = want_pdq and min(rows_thumb, cols_thumb) >= MIN_HASHABLE_DIM
-    grey, luma = _luma_planes(img, want_imagehash, pdq_hashable)
     small = tiny = block = None
+    pixels = _pixels(img if img.mode in ("RGB", "L") else _rgb(img)) if pdq_hashable or img.mode == "RGB" else None
     if want_imagehash:
+        grey = (kernels.rgb_grey(*pixels, img.height, img.width) if img.mode == "RGB"
+                else np.asarray(img) if img.mode == "L" else np.asarray(_grey(img)))
         both_ways = kernels.needs_transposed(img.width, img.height)
         small, tiny = kernels.imagehash_arrays(grey, kernels.transposed(grey) if both_ways else _NO_ARRAY)
     if pdq_hashable:
-        block = kernels.pdq_block(luma, rows_thumb, cols_thumb)
+        flat, bands = pixels
+        block = kernels.pdq_block(flat, bands, img.height, img.width, rows_thumb, cols_thumb)
     phash = _phash_hex(small) if "phash" in asked else None
     dhash = _dhash_hex(tiny) if "dhash" in asked else None
     pdq = quality = None
@@ -343,26 +346,17 @@ _NO_ARRAY = np.zeros((0, 0), dtype=np.uint8)
 _NO_ARRAY.flags.writeable = False  # the same numba type as np.asarray of an image: one compiled variant
 
 
-def _luma_planes(img: Image.Image, want_grey: bool, want_float: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The 8-bit luma imagehash hashes (``convert("L")``) and the float luma PDQ filters (``convert("F")`` of
-    ``convert("RGB")``), as read-only arrays, converting only what is needed.
+def _pixels(img: Image.Image) -> tuple[np.ndarray, int]:
+    """The pixels of an RGB or L image as a flat read-only uint8 array and the bytes per pixel.
 
-    RGB images are read where Pillow keeps them (its Arrow export is a zero-copy view of the 4-byte RGBX
-    pixels; images too large for one memory block are copied out) and both planes come from one numba pass,
-    bit for bit Pillow's. A grey image is its own plane for both (PDQ's luma of grey is the grey value).
+    Read where Pillow keeps them: its Arrow export is a zero-copy view (RGB as 4-byte RGBX); an image too
+    large for one memory block is copied out instead.
     """
-    if img.mode == "L":
-        grey = np.asarray(img)
-        return grey, grey
-    if img.mode == "RGB":
-        try:
-            flat, bands = np.frombuffer(pyarrow.array(img).buffers()[-1], dtype=np.uint8), 4
-        except ValueError:  # "Image rows are not contiguous in memory": more than one block
-            flat, bands = np.asarray(img).reshape(-1), 3
-        return kernels.rgb_planes(flat, bands, img.height, img.width)
-    grey = np.asarray(_grey(img)) if want_grey else _NO_ARRAY
-    luma = _luma_planes(_rgb(img), False, want_float)[1] if want_float else _NO_ARRAY
-    return grey, luma
+    try:
+        flat = np.frombuffer(pyarrow.array(img).buffers()[-1], dtype=np.uint8)
+        return flat, 4 if img.mode == "RGB" else 1
+    except ValueError:  # "Image rows are not contiguous in memory": more than one block
+        return np.asarray(img).reshape(-1), 3 if img.mode == "RGB" else 1
 
 
 def _grey(img: Image.Image) -> Image.Image:

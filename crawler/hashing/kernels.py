@@ -109,40 +109,32 @@ def _finish(plan: tuple) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _planes_rgbx(flat: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+def _grey_rgbx(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
     n = rows * cols
     grey = np.empty(n, dtype=np.uint8)
-    luma = np.empty(n, dtype=np.float32)
     for i in range(n):
-        r = np.int32(flat[4 * i])
-        g = np.int32(flat[4 * i + 1])
-        b = np.int32(flat[4 * i + 2])
-        grey[i] = np.uint8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
-        luma[i] = np.float32(r * 299 + g * 587 + b * 114) / np.float32(1000.0)
-    return grey.reshape(rows, cols), luma.reshape(rows, cols)
+        grey[i] = np.uint8((np.int32(flat[4 * i]) * 19595 + np.int32(flat[4 * i + 1]) * 38470
+                            + np.int32(flat[4 * i + 2]) * 7471 + 0x8000) >> 16)
+    return grey.reshape(rows, cols)
 
 
 @numba.njit(cache=True, nogil=True)
-def _planes_rgb(flat: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+def _grey_rgb(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
     n = rows * cols
     grey = np.empty(n, dtype=np.uint8)
-    luma = np.empty(n, dtype=np.float32)
     for i in range(n):
-        r = np.int32(flat[3 * i])
-        g = np.int32(flat[3 * i + 1])
-        b = np.int32(flat[3 * i + 2])
-        grey[i] = np.uint8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
-        luma[i] = np.float32(r * 299 + g * 587 + b * 114) / np.float32(1000.0)
-    return grey.reshape(rows, cols), luma.reshape(rows, cols)
+        grey[i] = np.uint8((np.int32(flat[3 * i]) * 19595 + np.int32(flat[3 * i + 1]) * 38470
+                            + np.int32(flat[3 * i + 2]) * 7471 + 0x8000) >> 16)
+    return grey.reshape(rows, cols)
 
 
-def rgb_planes(flat: np.ndarray, bands: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``convert("L")`` (uint8) and ``convert("F")`` (float32) of RGB pixels, bit for bit, in one
-    pass: ``flat`` holds ``rows * cols`` pixels of ``bands`` bytes (3: RGB; 4: Pillow's own RGBX layout).
-    The stride is a constant in each compiled loop, which lets the compiler vectorise it."""
-    grey, luma = (_planes_rgbx if bands == 4 else _planes_rgb)(flat, rows, cols)
-    grey.flags.writeable = luma.flags.writeable = False  # one numba type with np.asarray's read-only arrays
-    return grey, luma
+def rgb_grey(flat: np.ndarray, bands: int, rows: int, cols: int) -> np.ndarray:
+    """Pillow's ``convert("L")`` of RGB pixels, bit for bit: ``flat`` holds ``rows * cols`` pixels of
+    ``bands`` bytes (3: RGB; 4: Pillow's own RGBX layout). The stride is a constant in each compiled loop,
+    which lets the compiler vectorise it."""
+    grey = (_grey_rgbx if bands == 4 else _grey_rgb)(flat, rows, cols)
+    grey.flags.writeable = False  # one numba type with np.asarray's read-only arrays
+    return grey
 
 
 @numba.njit(cache=True, nogil=True)
@@ -185,22 +177,47 @@ def imagehash_arrays(grey: np.ndarray, transposed: np.ndarray) -> tuple[np.ndarr
     return phash_image, dhash_image
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _luma_row(flat: np.ndarray, bands: int, start: int, out: np.ndarray) -> None:
+    """One row of PDQ's float luma: ``(299 R + 587 G + 114 B) / 1000`` in float32 (Pillow's ``convert("F")``,
+    the reference's value to the last bit or one unit in it), or the grey value of a 1-band image. The row
+    is sliced out first and each pixel size has its own loop, so every loop runs over a fresh base with a
+    constant stride, which is what lets the compiler vectorise it (indexing ``flat`` at ``start + 4 c``
+    directly runs five times slower)."""
+    cols = out.size
+    row = flat[start:start + cols * bands]
+    if bands == 4:
+        for c in range(cols):
+            out[c] = np.float32(np.int32(row[4 * c]) * 299 + np.int32(row[4 * c + 1]) * 587
+                                + np.int32(row[4 * c + 2]) * 114) / np.float32(1000.0)
+    elif bands == 3:
+        for c in range(cols):
+            out[c] = np.float32(np.int32(row[3 * c]) * 299 + np.int32(row[3 * c + 1]) * 587
+                                + np.int32(row[3 * c + 2]) * 114) / np.float32(1000.0)
+    else:
+        for c in range(cols):
+            out[c] = np.float32(row[c])
+
+
 @numba.njit(cache=True, nogil=True)
-def pdq_block(luma: np.ndarray, rows_thumb: int, cols_thumb: int) -> np.ndarray:
-    """PDQ's filtered 64x64 block of (rows, cols) luma (float32, or uint8 for a grey image) as seen at
-    ``rows_thumb`` x ``cols_thumb``: each sampled row's weights applied along the image's rows (vectors
-    down the row), then each sampled column's."""
-    rows, cols = luma.shape
+def pdq_block(flat: np.ndarray, bands: int, rows: int, cols: int, rows_thumb: int, cols_thumb: int) -> np.ndarray:
+    """PDQ's filtered 64x64 block of the image in ``flat`` (``rows * cols`` pixels of ``bands`` bytes: 4
+    RGBX, 3 RGB, 1 grey) as seen at ``rows_thumb`` x ``cols_thumb``: each sampled row's weights applied
+    along the image's rows (vectors down the row, luma made a row at a time, never a whole float image),
+    then each sampled column's."""
     r_start, r_len, r_w = axis_weights(rows, rows_thumb)
     c_start, c_len, c_w = axis_weights(cols, cols_thumb)
     reduced = np.zeros((64, cols), dtype=np.float32)
+    luma = np.empty(cols, dtype=np.float32)
     first_sample = 0
     for r in range(rows):
         while first_sample < 64 and r_start[first_sample] + r_len[first_sample] <= r:
             first_sample += 1
         if first_sample == 64:
             break
-        row = luma[r]
+        if r_start[first_sample] > r:
+            continue
+        _luma_row(flat, bands, r * cols * bands, luma)
         i = first_sample
         while i < 64 and r_start[i] <= r:
             offset = r - r_start[i]
@@ -209,7 +226,7 @@ def pdq_block(luma: np.ndarray, rows_thumb: int, cols_thumb: int) -> np.ndarray:
                 if w != 0.0:
                     target = reduced[i]
                     for c in range(cols):
-                        target[c] += w * np.float32(row[c])
+                        target[c] += w * luma[c]
             i += 1
     block = np.empty((64, 64), dtype=np.float32)
     for i in range(64):
