@@ -44,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     "crawler.export": {"crawler.runs", "crawler.readers"},
     "crawler.settings": set(),
     "crawler.items": set(),
+    "crawler.logformatter": set(),
     "middlewares": {"crawler.hashing"},
     "crawler.pipelines": {"crawler.items", "crawler.events", "crawler.matching", "crawler.runs"},
     "crawler.extensions": {"crawler.items", "crawler.runs"},

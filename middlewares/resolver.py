@@ -1,0 +1,74 @@
+"""refwatch's DNS resolver: Scrapy's caching threaded resolver that tells "no such name" from "no answer".
+
+Twisted's ``ThreadedResolver`` turns every ``getaddrinfo`` failure into one ``DNSLookupError``, so a name that
+does not exist (NXDOMAIN) and a resolver that did not answer (SERVFAIL, a timeout) look alike, and both
+were retried. Here a definitive answer raises ``NoSuchHostError`` (still a ``DNSLookupError``, so Scrapy and
+the outcome rules see a DNS error) and is remembered in a bounded negative cache: a dead domain that a
+snapshot references a thousand times costs one lookup, not three thousand (Scrapy caches only successes).
+Wired with ``TWISTED_DNS_RESOLVER`` in ``crawler/settings.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from scrapy.resolver import CachingThreadedResolver, dnscache
+from scrapy.utils.datatypes import LocalCache
+from twisted.internet import defer, threads
+from twisted.internet.error import DNSLookupError
+from twisted.python.failure import Failure
+
+#: getaddrinfo's answers that are definitive: the name does not exist, or has no address.
+DEFINITIVE_GAI_ERRORS = frozenset(
+    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+class NoSuchHostError(DNSLookupError):
+    """The name does not exist (NXDOMAIN) or has no address: a definitive answer, not worth retrying."""
+
+
+def lookup_ipv4(name: str, gethostbyname: Callable[[str], str] = socket.gethostbyname) -> str:
+    """Resolve ``name`` as Twisted's ThreadedResolver does (``gethostbyname``), classifying the failure."""
+    try:
+        return gethostbyname(name)
+    except socket.gaierror as exc:
+        if exc.errno in DEFINITIVE_GAI_ERRORS:
+            raise NoSuchHostError(f"address {name!r} not found: {exc.strerror}") from None
+        raise DNSLookupError(f"address {name!r} not found: {exc.strerror}") from None
+    except UnicodeError as exc:  # a name IDNA cannot encode (an empty label...) never resolves
+        raise NoSuchHostError(f"address {name!r} not found: {exc}") from None
+
+
+class RefwatchResolver(CachingThreadedResolver):
+    def __init__(self, reactor: Any, cache_size: int, timeout: float,
+                 lookup: Callable[[str], str] = lookup_ipv4) -> None:
+        super().__init__(reactor, cache_size, timeout)
+        self.lookup = lookup
+        self.missing: LocalCache[str, str] = LocalCache(cache_size)  # name -> the NXDOMAIN message
+
+    def getHostByName(self, name: str, timeout: Sequence[int] = ()) -> defer.Deferred[str]:
+        if name in dnscache:
+            return defer.succeed(dnscache[name])
+        if name in self.missing:
+            return defer.fail(NoSuchHostError(self.missing[name]))
+        d: defer.Deferred[str] = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                             self.lookup, name)
+        d.addTimeout(self.timeout, self.reactor,
+                     onTimeoutCancel=lambda *_: Failure(DNSLookupError(f"address {name!r} not found: timeout")))
+        d.addCallbacks(self._found, self._failed, callbackArgs=(name,), errbackArgs=(name,))
+        return d
+
+    def _found(self, address: str, name: str) -> str:
+        if dnscache.limit:
+            dnscache[name] = address
+        return address
+
+    def _failed(self, failure: Failure, name: str) -> Failure:
+        if failure.check(NoSuchHostError) and self.missing.limit:
+            self.missing[name] = str(failure.value)
+        elif not failure.check(DNSLookupError):  # anything else the lookup raised is still a DNS failure
+            return Failure(DNSLookupError(f"address {name!r} not found: {failure.getErrorMessage()}"))
+        return failure
