@@ -5,20 +5,24 @@ Not a test: run it by hand from the repository root (about a minute with the def
     python bench/deadlink_bench.py                      # 3,000 refs per scenario, CLI defaults (64 / 8 per host)
     python bench/deadlink_bench.py --refs 10000 --concurrency 256 --per-host 64 --retries 0
     python bench/deadlink_bench.py --stock-resolver     # Scrapy's resolver: NXDOMAIN retried RETRY_TIMES times
+    python bench/deadlink_bench.py --handlers both      # refwatch's download handler and Scrapy's, interleaved
 
 Scenarios, each one crawl in a child process (``python -m crawler.cli.main crawl ... --allow-private-networks``):
 
 * ``refused``: every reference points at a loopback port nothing listens on (bound to port 0, then closed),
   spread over ``--hosts`` loopback addresses 127.0.0.1..K (Scrapy limits requests per host);
+* ``named``: the same, to host names ``hK.loopback.test`` that the scripted resolver answers 127.0.0.K
+  (connections through ``HostnameEndpoint``, as for real snapshots);
 * ``mixed``: half of them, half ``/status/404`` from ``crawler.sample.web`` on 127.0.0.1 (a thread server);
 * ``nxdomain``: names under ``.nxdomain.test``, answered NXDOMAIN at once by ``tests.deadlink_probe``'s scripted
   resolver (refwatch's resolver with a scripted system call), ``--names`` distinct names.
 
 Wall time and CPU come from ``os.wait4`` on the crawl (start-up included; ``refs/s*`` is the summary's rate,
-from the engine's start). What bounds each scenario, measured on the 2-core machine: a refused
-connection reaches Scrapy only when Twisted's ``HostnameEndpoint`` next iterates its endpoint list,
-0.3 s (``attemptDelay``) after the attempt, so refused references are bounded by
-concurrency / (0.3 s x attempts) rather than by CPU; NXDOMAIN and 404s are bounded by CPU.
+from the engine's start). What bounds each scenario, measured on the 2-core machine: with Scrapy's stock
+handler (``--handlers stock``), a refused connection reaches Scrapy only when Twisted's ``HostnameEndpoint``
+next iterates its endpoint list, 0.3 s (``attemptDelay``) after the attempt, so refused references are
+bounded by concurrency / (0.3 s x attempts) rather than by CPU; refwatch's handler (crawler/download)
+removes that wait, and every scenario is bounded by CPU.
 Every server started here is stopped; every crawl has a deadline (``--timeout``).
 """
 
@@ -50,6 +54,10 @@ def write_snapshot(path: Path, urls: list[str]) -> Path:
         writer.writerow(["id", "URL"])
         writer.writerows((f"r{i}", url) for i, url in enumerate(urls))
     return path
+
+
+STOCK_HANDLERS = json.dumps({s: "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
+                             for s in ("http", "https")})
 
 
 def crawl(snapshot: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
@@ -90,7 +98,9 @@ def main() -> int:
     parser.add_argument("--per-host", type=int, default=8)
     parser.add_argument("--retries", type=int, default=None, help="crawl --retries (default: the CLI's, 2)")
     parser.add_argument("--stock-resolver", action="store_true", help="Scrapy's CachingThreadedResolver")
-    parser.add_argument("--scenarios", default="refused,mixed,nxdomain")
+    parser.add_argument("--scenarios", default="refused,named,mixed,nxdomain")
+    parser.add_argument("--handlers", choices=("refwatch", "stock", "both"), default="refwatch",
+                        help="download handler: refwatch's (crawler/download), Scrapy's stock one, or both in turn")
     parser.add_argument("--timeout", type=float, default=170.0, help="kill a crawl after this many seconds")
     args = parser.parse_args()
 
@@ -98,12 +108,20 @@ def main() -> int:
 
     port = closed_port()
     refused = [f"http://127.0.0.{1 + i % args.hosts}:{port}/{i}.jpg" for i in range(args.refs)]
-    print(f"{'scenario':10} {'refs':>6} {'wall s':>7} {'refs/s':>7} {'refs/s*':>8} {'CPU ms/ref':>10}  outcomes")
+    handlers = ["refwatch", "stock"] if args.handlers == "both" else [args.handlers]
+    print(f"{'scenario':10} {'handler':8} {'refs':>6} {'wall s':>7} {'refs/s':>7} {'refs/s*':>8} "
+          f"{'CPU ms/ref':>10}  outcomes")
     with tempfile.TemporaryDirectory(prefix="deadlink-bench-") as tmp, SampleWeb() as web:
         for scenario in args.scenarios.split(","):
             extra: list[str] = []
             if scenario == "refused":
                 urls = refused
+            elif scenario == "named":
+                urls = [f"http://h{1 + i % args.hosts}.loopback.test:{port}/{i}.jpg" for i in range(args.refs)]
+                extra = ["-s", "TWISTED_DNS_RESOLVER=tests.deadlink_probe.ScriptedResolver"]
+                if args.stock_resolver:
+                    print("named: skipped with --stock-resolver (it would ask the system resolver)")
+                    continue
             elif scenario == "mixed":
                 urls = [u if i % 2 else web.url(f"/status/404?{i}") for i, u in enumerate(refused)]
             elif scenario == "nxdomain":
@@ -115,10 +133,12 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown scenario {scenario!r}")
             snapshot = write_snapshot(Path(tmp) / f"{scenario}.csv", urls)
-            r = crawl(snapshot, Path(tmp) / scenario, args, extra)
-            seen = {k: v for k, v in r["outcomes"].items() if v}
-            print(f"{scenario:10} {r['refs']:>6} {r['wall']:>7.1f} {r['rate']:>7.0f} {r['engine_rate']:>8.0f} "
-                  f"{r['cpu_ms']:>10.2f}  {seen}")
+            for handler in handlers:
+                more = ["-s", f"DOWNLOAD_HANDLERS={STOCK_HANDLERS}"] if handler == "stock" else []
+                r = crawl(snapshot, Path(tmp) / f"{scenario}-{handler}", args, extra + more)
+                seen = {k: v for k, v in r["outcomes"].items() if v}
+                print(f"{scenario:10} {handler:8} {r['refs']:>6} {r['wall']:>7.1f} {r['rate']:>7.0f} "
+                      f"{r['engine_rate']:>8.0f} {r['cpu_ms']:>10.2f}  {seen}")
     return 0
 
 

@@ -1,11 +1,15 @@
 """A crawl in a child process with two test-only components, for tests/test_deadlinks.py.
 
 * ``ScriptedResolver``: refwatch's real resolver whose system call answers as a DNS server would for test
-  names (``*.nxdomain.test``: NXDOMAIN; ``*.servfail.test``: a temporary failure) and asks the system for
-  any other name, so a test gets both answers at once and without network, whatever resolver the machine has.
+  names (``*.nxdomain.test``: NXDOMAIN; ``*.servfail.test``: a temporary failure; ``hK.loopback.test``:
+  127.0.0.K) and asks the system for any other name, so a test gets these answers at once and without
+  network, whatever resolver the machine has.
 * ``EngineProbe``: counts the engine's heartbeats (a looping call at the engine's own interval, started when
   the engine starts, as the engine's is) and writes them with the crawl's stats to a JSON file when the spider
   closes: the heartbeat count when the last reference was scheduled tells whether the crawl waited for them.
+  It also counts the ticks of Twisted's ``HostnameEndpoint`` attempt loop (``iterateEndpoint``, one per
+  address tried and one more, ``attemptDelay`` later, to notice that all failed): how many times a
+  connection waited for the attempt delay.
 
     python -m tests.deadlink_probe STATS.json NAME=VALUE ...   (settings; REFWATCH_SNAPSHOTS as a JSON list)
 """
@@ -32,12 +36,36 @@ def scripted_gethostbyname(name: str) -> str:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     if name.endswith(".servfail.test"):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    label = name.split(".")[0]
+    if name.endswith(".loopback.test") and label[1:].isdigit():  # hK.loopback.test: 127.0.0.K
+        return f"127.0.0.{int(label[1:])}"
     return socket.gethostbyname(name)
 
 
 class ScriptedResolver(RefwatchResolver):
     def __init__(self, reactor: Any, cache_size: int, timeout: float) -> None:
         super().__init__(reactor, cache_size, timeout, lookup=partial(lookup_ipv4, gethostbyname=scripted_gethostbyname))
+
+
+class _AttemptTicks:
+    """Counts the calls of every ``LoopingCall`` named ``iterateEndpoint`` (HostnameEndpoint's attempt loop)."""
+
+    count = 0
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        cls.installed = True
+        call = LoopingCall.__call__
+
+        def counting_call(loop: LoopingCall) -> None:
+            if getattr(loop.f, "__name__", "") == "iterateEndpoint":
+                cls.count += 1
+            call(loop)
+
+        LoopingCall.__call__ = counting_call  # type: ignore[method-assign]  # this child process only
 
 
 class EngineProbe:
@@ -51,6 +79,7 @@ class EngineProbe:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> EngineProbe:
         probe = cls(crawler, Path(crawler.settings["PROBE_STATS"]))
+        _AttemptTicks.install()  # here, not in main(): this module is also __main__, with its own class
         crawler.signals.connect(probe.engine_started, signals.engine_started)
         crawler.signals.connect(probe.request_scheduled, signals.request_scheduled)
         crawler.signals.connect(probe.spider_closed, signals.spider_closed)
@@ -72,7 +101,8 @@ class EngineProbe:
         assert self.crawler.stats is not None
         stats = {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, (int, float, str))}
         self.path.write_text(json.dumps({"stats": stats, "heartbeats": self.heartbeats,
-                                         "heartbeats_at_last_request": self.at_last_request}))
+                                         "heartbeats_at_last_request": self.at_last_request,
+                                         "attempt_ticks": _AttemptTicks.count}))
 
 
 def main(argv: list[str]) -> int:

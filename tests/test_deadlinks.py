@@ -1,5 +1,6 @@
-"""Dead links at full speed: a burst of fast failures does not wait for the engine's heartbeat, a name that
-does not exist is one attempt, and transient failures keep their bounded retries. Loopback only: refused
+"""Dead links at full speed: a burst of fast failures does not wait for the engine's heartbeat nor for
+Twisted's connection attempt delay (crawler/download), a name that does not exist is one attempt, and
+transient failures keep their bounded retries. Loopback only: refused
 connections go to a loopback port nothing listens on, DNS answers come from ``tests.deadlink_probe``'s
 scripted resolver (real resolver, scripted system call)."""
 
@@ -14,10 +15,21 @@ from typing import Any
 
 import pytest
 
+from scrapy.resolver import dnscache
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+from twisted.web.error import SchemeNotSupported
+
+from crawler.download.handler import ATTEMPT_DELAY, FastEndpointFactory
 from crawler.sample.web import SampleWeb
 from middlewares.resolver import NoSuchHostError, lookup_ipv4
 from tests.helpers import REPO_ROOT
 from tests.test_crawl_e2e import read_rows, write_snapshot
+
+
+STOCK_HANDLERS = json.dumps({scheme: "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
+                             for scheme in ("http", "https")})
 
 
 def closed_port() -> int:
@@ -58,10 +70,13 @@ def test_lookup_tells_no_such_name_from_no_answer() -> None:
         lookup_ipv4("a..b")  # IDNA rejects an empty label: no resolver is asked
 
 
-def test_refused_burst_is_fed_without_waiting_for_heartbeats(tmp_path: Path) -> None:
+def test_refused_burst_is_not_paced_by_heartbeats_nor_the_attempt_delay(tmp_path: Path) -> None:
     port = closed_port()
     refs = 130  # two windows of 64 and a bit: with one window a heartbeat, the last one waits for the 3rd
-    snapshot = write_snapshot(tmp_path / "s.csv", [(f"r{i}", f"http://127.0.0.1:{port}/{i}.jpg") for i in range(refs)])
+    # Half to an IP literal, half to names the scripted resolver answers (127.0.0.K): both connection paths.
+    urls = [f"http://127.0.0.1:{port}/{i}.jpg" if i % 2 else f"http://h{1 + i % 4}.loopback.test:{port}/{i}.jpg"
+            for i in range(refs)]
+    snapshot = write_snapshot(tmp_path / "s.csv", [(f"r{i}", url) for i, url in enumerate(urls)])
     probe, rows = probe_crawl(tmp_path, snapshot, CONCURRENT_REQUESTS="64", CONCURRENT_REQUESTS_PER_DOMAIN="64")
     assert len(rows) == refs
     assert {row["outcome"] for row in rows.values()} == {"connection_error"}
@@ -70,6 +85,53 @@ def test_refused_burst_is_fed_without_waiting_for_heartbeats(tmp_path: Path) -> 
     # The engine's heartbeat ticks once when it starts: every reference was requested before the next tick
     # (5 s later), so none waited for the heartbeat to be fed.
     assert probe["heartbeats_at_last_request"] <= 1, probe
+    # No attempt went through HostnameEndpoint's attempt loop, so no failure waited for its attempt delay
+    # (with Scrapy's handler: 2 ticks an attempt, the second 0.3 s after the first; see the next test).
+    assert probe["attempt_ticks"] == 0, probe
+
+
+def test_stock_handler_is_paced_by_the_attempt_delay(tmp_path: Path) -> None:
+    """The control for the test above: the probe does see the attempt loop of Scrapy's own handler."""
+    port = closed_port()
+    refs = 4
+    snapshot = write_snapshot(tmp_path / "s.csv", [(f"r{i}", f"http://127.0.0.{1 + i}:{port}/{i}.jpg")
+                                                   for i in range(refs)])
+    probe, rows = probe_crawl(tmp_path, snapshot, DOWNLOAD_HANDLERS=STOCK_HANDLERS)
+    assert {row["outcome"] for row in rows.values()} == {"connection_error"}
+    assert probe["stats"]["retry/count"] == 2 * refs
+    assert probe["attempt_ticks"] >= 2 * 3 * refs, probe  # each of the 3 attempts: a tick, then one more
+
+
+def test_uncached_names_still_race_their_addresses(tmp_path: Path) -> None:
+    """Without Scrapy's DNS cache, a name goes through HostnameEndpoint (with refwatch's short attempt delay):
+    the same outcome and retries."""
+    port = closed_port()
+    refs = 3
+    snapshot = write_snapshot(tmp_path / "s.csv", [(f"r{i}", f"http://h{1 + i}.loopback.test:{port}/{i}.jpg")
+                                                   for i in range(refs)])
+    probe, rows = probe_crawl(tmp_path, snapshot, DNSCACHE_ENABLED="False")
+    assert {row["outcome"] for row in rows.values()} == {"connection_error"}
+    assert probe["stats"]["retry/count"] == 2 * refs
+    assert probe["attempt_ticks"] >= 2 * 3 * refs, probe
+
+
+def test_endpoints_connect_at_once_where_there_is_one_address() -> None:
+    factory = FastEndpointFactory(MemoryReactorClock(), BrowserLikePolicyForHTTPS(), 7.0, None)
+    literal = factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:81/a.jpg"))
+    assert isinstance(literal, TCP4ClientEndpoint) and literal._timeout == 7.0
+    assert isinstance(factory.endpointForURI(URI.fromBytes(b"http://[::1]:81/a.jpg")), TCP6ClientEndpoint)
+    dnscache["cached.loopback.test"] = "127.0.0.7"  # what refwatch's resolver leaves for a resolved name
+    try:
+        cached = factory.endpointForURI(URI.fromBytes(b"http://cached.loopback.test:81/a.jpg"))
+        assert isinstance(cached, TCP4ClientEndpoint) and cached._host == "127.0.0.7"
+        tls = factory.endpointForURI(URI.fromBytes(b"https://cached.loopback.test/a.jpg"))
+        assert isinstance(tls._wrappedEndpoint, TCP4ClientEndpoint)  # TLS over the same direct connection
+    finally:
+        del dnscache["cached.loopback.test"]
+    named = factory.endpointForURI(URI.fromBytes(b"http://uncached.loopback.test/a.jpg"))
+    assert isinstance(named, HostnameEndpoint) and named._attemptDelay == ATTEMPT_DELAY  # resolve and race
+    with pytest.raises(SchemeNotSupported):
+        factory.endpointForURI(URI.fromBytes(b"ftp://127.0.0.1/a.jpg"))
 
 
 def test_nxdomain_is_one_attempt_refused_and_servfail_are_retried(tmp_path: Path, web: SampleWeb) -> None:

@@ -45,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "crawler.settings": set(),
     "crawler.items": set(),
     "crawler.logformatter": set(),
+    "crawler.download": set(),
     "middlewares": {"crawler.hashing"},
     "crawler.pipelines": {"crawler.items", "crawler.events", "crawler.matching", "crawler.runs"},
     "crawler.extensions": {"crawler.items", "crawler.runs"},
