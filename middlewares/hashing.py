@@ -1,19 +1,25 @@
 """Hash every final answer's body in memory, then drop the body.
 
 This is the earliest place where a body is whole and decompressed (see the ordering note in
-``crawler.settings``). Decoding runs in a small thread pool so a slow or hostile image never stalls the
-reactor; the response that continues towards the spider carries an empty body and the ``Digest`` in its
-meta, so nothing later — items, logs, pipelines, feeds — can keep the bytes.
+``crawler.settings``). Decoding runs in a small Twisted thread pool so a slow or hostile image never stalls
+the reactor (the hashing kernels release the GIL, so the threads really run beside it); the response that
+continues towards the spider carries an empty body and the ``Digest`` in its meta, so nothing later —
+items, logs, pipelines, feeds — can keep the bytes. The hand-off returns a Deferred, which any reactor
+awaits; ``run_in_thread`` can be replaced (tests run it inline, without a reactor).
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import Any
 
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.http import Request, Response
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from crawler.hashing.digest import ALGORITHMS, Digest, hash_bytes
 from crawler.references import REFERENCE_META
@@ -25,11 +31,17 @@ BODY_SIZE_META = "refwatch_body_size"
 
 class ImageHashMiddleware:
     def __init__(self, max_pixels: int, threads: int, pdq_dihedral: bool = False,
-                 algorithms: tuple[str, ...] = ALGORITHMS) -> None:
+                 algorithms: tuple[str, ...] = ALGORITHMS,
+                 run_in_thread: Callable[..., Deferred[Any]] | None = None) -> None:
         self.max_pixels = max_pixels
         self.pdq_dihedral = pdq_dihedral
         self.algorithms = algorithms
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="refwatch-hash")
+        self._pool: ThreadPool | None = None
+        if run_in_thread is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=max(1, threads), name="refwatch-hash")
+            self._pool.start()
+            run_in_thread = self._in_pool
+        self._run_in_thread = run_in_thread
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ImageHashMiddleware:
@@ -48,7 +60,7 @@ class ImageHashMiddleware:
         body = response.body
         request.meta[BODY_SIZE_META] = len(body)
         if 200 <= response.status < 300:
-            digest, dihedral = await asyncio.wrap_future(self._executor.submit(self._hash, body))
+            digest, dihedral = await maybe_deferred_to_future(self._run_in_thread(self._hash, body))
             request.meta[DIGEST_META] = digest
             if dihedral:
                 request.meta[DIHEDRAL_META] = dihedral
@@ -64,5 +76,12 @@ class ImageHashMiddleware:
                             pdq_dihedral=self.pdq_dihedral)
         return digest, digest.pdq_dihedral[1:] if digest.pdq_dihedral else ()
 
+    def _in_pool(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        from twisted.internet import reactor
+
+        assert self._pool is not None
+        return threads.deferToThreadPool(reactor, self._pool, function, *args)  # type: ignore[arg-type]
+
     def spider_closed(self, spider: Spider) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.stop()  # lets the running hashes finish

@@ -10,11 +10,12 @@ from scrapy.exceptions import NotConfigured
 from scrapy.http import Request, Response
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
+from twisted.internet import defer
 
 from crawler.sample import images
 from crawler.extensions.metrics import MetricsExtension
 from crawler.extensions.summary import build_summary
-from crawler.hashing.digest import hash_bytes
+from crawler.hashing.digest import ALGORITHMS, hash_bytes
 from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome
 from crawler.references import REFERENCE_META, Reference
@@ -28,9 +29,22 @@ def _request(url: str = "http://example.com/a.jpg") -> Request:
     return Request(url, meta={REFERENCE_META: Reference(url=url, ref_id="r1")})
 
 
+def _inline_hash_middleware() -> ImageHashMiddleware:
+    """The middleware with its thread hand-off run inline: no reactor needed (crawls test the real pool)."""
+    return ImageHashMiddleware(max_pixels=SETTINGS["REFWATCH_MAX_PIXELS"], threads=1,
+                               run_in_thread=lambda function, *args: defer.succeed(function(*args)))
+
+
+def test_hash_middleware_is_built_from_settings() -> None:
+    middleware = build_from_crawler(ImageHashMiddleware, get_crawler(settings_dict=SETTINGS))
+    try:
+        assert middleware.max_pixels == 1_000_000 and middleware.algorithms == ALGORITHMS
+    finally:
+        middleware.spider_closed(None)  # type: ignore[arg-type]
+
+
 def test_hash_middleware_hashes_then_drops_the_body() -> None:
-    crawler = get_crawler(settings_dict=SETTINGS)
-    middleware = build_from_crawler(ImageHashMiddleware, crawler)
+    middleware = _inline_hash_middleware()
     body = images.synthetic_jpeg(11)
     request = _request()
     response = Response(request.url, status=200, body=body, request=request)
@@ -45,8 +59,7 @@ def test_hash_middleware_hashes_then_drops_the_body() -> None:
 
 
 def test_hash_middleware_skips_error_pages_and_non_references() -> None:
-    crawler = get_crawler(settings_dict=SETTINGS)
-    middleware = build_from_crawler(ImageHashMiddleware, crawler)
+    middleware = _inline_hash_middleware()
     try:
         request = _request()
         not_found = Response(request.url, status=404, body=b"<h1>gone</h1>", request=request)
