@@ -12,11 +12,13 @@ import csv
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crawler.cli.common import DEFAULT_OUT, EXIT_OK
 from crawler.cli.crawl import print_summary
-from crawler.sample.web import SampleWeb
+
+if TYPE_CHECKING:  # the sample web (Pillow, numpy) is imported only when the demo runs, not by every command
+    from crawler.sample.web import SampleWeb
 
 LISTED_SEED = 3  # the sample image whose hashes are on the demo's hash list
 
@@ -74,6 +76,8 @@ def write_demo_inputs(web: SampleWeb, folder: Path) -> tuple[Path, Path]:
 def run_demo(out: str) -> int:
     from crawler.events.queue import open_queue
     from crawler.runner import project_settings, run_crawl
+
+    from crawler.sample.web import SampleWeb
 
     with SampleWeb() as web, tempfile.TemporaryDirectory(prefix="refwatch-demo-") as tmp:
         snapshot, hashlist = write_demo_inputs(web, Path(tmp))
