@@ -66,6 +66,7 @@ from crawler.hashing import digest as hashing  # noqa: E402
 from crawler.matching.matcher import DEFAULT_RADII, PDQ_MIN_QUALITY  # noqa: E402
 from crawler.sample.images import CODED_SEEDS, synthetic_image  # noqa: E402
 from crawler.sample.scenes import scene_image  # noqa: E402
+from crawler.hashing.reference import pdq_pixels, reference_pdq_dihedral  # noqa: E402
 
 logger = logging.getLogger("bench.accuracy")
 
@@ -257,20 +258,9 @@ def _words(hex_hash: str) -> np.ndarray:
     return np.frombuffer(bytes.fromhex(hex_hash), dtype=">u8").astype(np.uint64)
 
 
-def _pdq_input(rgb: Image.Image) -> np.ndarray:
-    """The pixels PDQ sees: ``crawler.hashing.digest._pdq``'s shrink to fit 512x512, bicubic, reducing_gap=2."""
-    limit = hashing.PDQ_MAX_DIMENSION
-    if rgb.width > limit or rgb.height > limit:
-        scale = limit / max(rgb.width, rgb.height)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return np.asarray(rgb)
-
-
 def _dihedral(rgb: Image.Image) -> np.ndarray:
     """The 8 PDQ hashes of ``rgb``'s rotations and flips, as (8, 4) uint64 (row 0 = as stored)."""
-    hashes, _quality = pdqhash.compute_dihedral(_pdq_input(rgb))
-    return np.stack([_words(hashing.pdq_hex(bits)) for bits in hashes])
+    return np.stack([_words(h) for h in reference_pdq_dihedral(rgb)])
 
 
 def _cpu_ms(func: Callable[[], object]) -> tuple[object, float]:
@@ -308,7 +298,7 @@ def measure(spec: Spec) -> Record:
     grey, grey_ms = _cpu_ms(lambda: decoded.convert("L"))
     _, phash_ms = _cpu_ms(lambda: imagehash.phash(grey))
     _, dhash_ms = _cpu_ms(lambda: imagehash.dhash(grey))
-    _, pdq_ms = _cpu_ms(lambda: pdqhash.compute(_pdq_input(decoded)))
+    _, pdq_ms = _cpu_ms(lambda: pdqhash.compute(pdq_pixels(decoded)))
     cpu_ms = {"decode": decode_ms, "phash": grey_ms + phash_ms, "dhash": grey_ms + dhash_ms, "pdq": pdq_ms,
               "hash_bytes": total_ms}
 

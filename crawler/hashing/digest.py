@@ -38,8 +38,7 @@ import scipy.fftpack
 from PIL import Image
 
 from crawler.hashing import kernels
-from crawler.hashing.pdq import MIN_HASHABLE_DIM, pdq_from_block, thumbnail_size
-from crawler.hashing.pdq import pdq_hex as _kernel_pdq_hex
+from crawler.hashing.pdq import MIN_HASHABLE_DIM, pdq_from_block, pdq_hex, thumbnail_size
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +56,6 @@ DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
 # and this runs in a thread pool. The warning goes through the application's filters; if they turn it into
 # an error, it is caught below like any other decode failure. Either way such bodies are never decoded.
 DEFAULT_MAX_PIXELS = 64_000_000
-
-# Meta's reference hashers shrink larger images to fit this box before the PDQ filter (see module doc).
-PDQ_MAX_DIMENSION = 512
 
 _MAX_ERROR_CHARS = 200
 # Object reprs carry memory addresses ("<_io.BytesIO object at 0x7f...>"): drop them so equal causes give
@@ -221,11 +217,6 @@ def hamming_distance(a_hex: str, b_hex: str) -> int:
         raise ValueError(f"not a hex hash: {a_hex!r} or {b_hex!r}") from None
 
 
-def pdq_hex(bits: np.ndarray) -> str:
-    """256 0/1 values as pdqhash returns them, as Meta's hex (first value = most significant bit)."""
-    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
-
-
 def has_image_magic(body: bytes) -> bool:
     """True when ``body`` starts with the signature of a raster image format browsers or datasets use."""
     head = body[:32]
@@ -334,7 +325,7 @@ def _hash_image(img: Image.Image, asked: frozenset[str], dihedral: bool) -> _Per
     if want_pdq:
         if pdq_hashable:
             bits, quality = pdq_from_block(block, dihedral)
-            hexes = tuple(_kernel_pdq_hex(b) for b in bits)
+            hexes = tuple(pdq_hex(b) for b in bits)
         else:  # too small to filter: the reference's cleared hash and quality 0
             hexes, quality = ("0" * 64,) * (8 if dihedral else 1), 0
         pdq = hexes[0]

@@ -204,7 +204,7 @@ def axis_weights(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = int(((i + 0.5) * m) / 64)
         v[s] = 1.0
         lo, hi = s, s
-        for _ in range(_JAROSZ_PASSES * 1):  # the box filter, twice (the filter's two passes per axis)
+        for _ in range(_JAROSZ_PASSES):  # the box filter along this axis, once per Jarosz pass
             nxt[:] = 0.0
             new_lo, new_hi = m, -1
             for o in range(lo, hi + 1):

@@ -39,18 +39,19 @@ def reference_hashes(body: bytes | Image.Image) -> ReferenceHashes:
 
 def reference_pdq_dihedral(img: Image.Image) -> list[str]:
     """pdqhash's 8 dihedral PDQ hashes (``compute_dihedral``) of the shrunk RGB image."""
-    vectors, _ = pdqhash.compute_dihedral(_pdq_pixels(img))
-    return [_pdq_hex(bits) for bits in vectors]
+    vectors, _ = pdqhash.compute_dihedral(pdq_pixels(img))
+    return [pdqhash_hex(bits) for bits in vectors]
 
 
 def _hash(img: Image.Image) -> ReferenceHashes:
     grey = img.convert("L")
-    bits, quality = pdqhash.compute(_pdq_pixels(img))
+    bits, quality = pdqhash.compute(pdq_pixels(img))
     return ReferenceHashes(phash=str(imagehash.phash(grey)), dhash=str(imagehash.dhash(grey)),
-                           pdq=_pdq_hex(bits), pdq_quality=int(quality))
+                           pdq=pdqhash_hex(bits), pdq_quality=int(quality))
 
 
-def _pdq_pixels(img: Image.Image) -> np.ndarray:
+def pdq_pixels(img: Image.Image) -> np.ndarray:
+    """The RGB pixels Meta's hashers give PDQ: shrunk to fit 512x512 (bicubic, reducing_gap=2)."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     if rgb.width > THUMBNAIL_SIDE or rgb.height > THUMBNAIL_SIDE:
         scale = THUMBNAIL_SIDE / max(rgb.width, rgb.height)
@@ -59,5 +60,6 @@ def _pdq_pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(rgb)
 
 
-def _pdq_hex(bits: np.ndarray) -> str:
+def pdqhash_hex(bits: np.ndarray) -> str:
+    """pdqhash's 256-value vector as Meta's hex (first value = most significant bit)."""
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
