@@ -65,10 +65,14 @@ class ImageHashMiddleware:
             if dihedral:
                 request.meta[DIHEDRAL_META] = dihedral
         # The body stops here: everything downstream sees hashes and metadata only. A plain Response, not
-        # response.replace(): that would run encoding detection on a text body about to be dropped.
-        return Response(response.url, status=response.status, headers=response.headers, body=b"",
-                         flags=response.flags, request=request, certificate=response.certificate,
-                         ip_address=response.ip_address, protocol=response.protocol)
+        # response.replace(): that would run encoding detection on a text body about to be dropped. The
+        # headers object is handed over, not copied (the old response is dropped): a copy normalises every
+        # header name and value again.
+        stripped = Response(response.url, status=response.status, body=b"", flags=response.flags,
+                            request=request, certificate=response.certificate,
+                            ip_address=response.ip_address, protocol=response.protocol)
+        stripped.headers = response.headers
+        return stripped
 
     def _hash(self, body: bytes) -> tuple[Digest, tuple[str, ...]]:
         """Runs in a hashing thread: the digest, and the dihedral PDQ hashes when they are asked for."""
