@@ -6,8 +6,9 @@ cd "$(dirname "$0")"
 
 # prometheus: promtool checks the /metrics exposition in the tests;
 # chromium: headless Chromium renders the report's HTML page in tests/test_report.py;
-# prometheus-pushgateway: tests/test_batchmetrics.py pushes end-of-run metrics to a real one on loopback
-DEBIAN_PACKAGES=(prometheus chromium prometheus-pushgateway)
+# prometheus-pushgateway: tests/test_batchmetrics.py pushes end-of-run metrics to a real one on loopback;
+# redis-server: the shard queue and shared politeness of many workers are tested against a real one
+DEBIAN_PACKAGES=(prometheus chromium prometheus-pushgateway redis-server)
 
 if command -v apt-get >/dev/null 2>&1; then
     missing=()

@@ -40,3 +40,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with MotoServer(log) as server, s3_environment(server.endpoint):
         yield server
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path):
+    """A real redis-server on a free loopback port (AOF on, noeviction), its data under the test's tmp_path;
+    stopped after the test. ``redis_server.kill()`` / ``.start()`` play a crash and a restart."""
+    from tests.redisserver import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

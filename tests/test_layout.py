@@ -23,7 +23,8 @@ TOP_PACKAGES = ("crawler", "middlewares", "spiders")
 #: Packages (and top-level modules) that must work without Scrapy and Twisted: plain pytest tests them.
 PURE = ("crawler.hashing", "crawler.matching", "crawler.readers", "crawler.events", "crawler.storage",
         "crawler.runs", "crawler.report", "crawler.export", "crawler.sample", "crawler.references",
-        "crawler.outcomes", "crawler.urls", "crawler.addresses", "crawler.domains")
+        "crawler.outcomes", "crawler.urls", "crawler.addresses", "crawler.domains", "crawler.shards",
+        "crawler.coordination")
 
 #: The shared vocabulary at the top of crawler/: small modules every layer may use.
 VOCABULARY = {"crawler", "crawler.references", "crawler.outcomes", "crawler.urls", "crawler.addresses",
@@ -40,13 +41,20 @@ ALLOWED: dict[str, set[str]] = {
     "crawler.matching": set(),
     "crawler.events": {"crawler.storage", "crawler.matching"},
     "crawler.runs": {"crawler.storage"},
+    # a run cut into shards: the plan, attempts and commit markers, the end-of-run pass over committed shards
+    "crawler.shards": {"crawler.readers", "crawler.runs", "crawler.storage"},
+    # what many workers share through Redis: the shard queue, run settings, politeness
+    "crawler.coordination": set(),
     "crawler.report": {"crawler.runs"},
     "crawler.export": {"crawler.runs", "crawler.readers"},
     "crawler.settings": set(),
     "crawler.items": set(),
     "crawler.logformatter": set(),
     "crawler.download": set(),
-    "middlewares": {"crawler.hashing"},
+    "middlewares": {"crawler.hashing", "crawler.coordination"},
+    # the processes that crawl shards: the local --processes parent and the Redis worker
+    "crawler.workers": {"crawler.coordination", "crawler.readers", "crawler.runs", "crawler.shards",
+                        "crawler.storage"},
     "crawler.pipelines": {"crawler.items", "crawler.events", "crawler.matching", "crawler.runs"},
     "crawler.extensions": {"crawler.items", "crawler.runs"},
     "spiders": {"crawler.hashing", "crawler.items", "crawler.readers", "crawler.runs", "middlewares"},
@@ -54,7 +62,7 @@ ALLOWED: dict[str, set[str]] = {
                        "crawler.storage"},
     "crawler.cli": {"crawler.events", "crawler.export", "crawler.hashing", "crawler.matching", "crawler.readers",
                     "crawler.report", "crawler.runner", "crawler.runs", "crawler.sample", "crawler.settings",
-                    "crawler.storage"},
+                    "crawler.storage", "crawler.shards", "crawler.coordination", "crawler.workers"},
 }
 
 
