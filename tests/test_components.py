@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from crawler.sample import images
 from crawler.extensions.metrics import MetricsExtension
-from crawler.extensions.summary import build_summary
+from crawler.runs.summary import build_summary
 from crawler.hashing.digest import ALGORITHMS, hash_bytes
 from crawler.items import OutcomeItem
 from crawler.outcomes import Outcome

@@ -25,12 +25,10 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from crawler.domains import url_domain
-from crawler.runs.finalize import finalize_run
-from crawler.runs.history import Manifest, outcome_parts, series_runs
 from crawler.items import OutcomeItem
-from crawler.runs.recheck import carry_over
-from crawler.runs.placeholders import rules_from_settings
-from crawler.runs.context import finish_manifest, start_manifest
+from crawler.runs.context import start_manifest
+from crawler.runs.finish import finish_run
+from crawler.runs.history import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -164,34 +162,8 @@ class OutcomeWriterPipeline:
         return self._finish()
 
     def _finish(self) -> dict[str, tuple[str, int]]:
-        """The end-of-run pass (placeholders, drift, carried rows), the manifest finished; returns the stats
-        updates it implies (key -> ("inc" | "set", value)), for the reactor thread to apply."""
-        run = self.crawler.spider.run  # type: ignore[union-attr]
-        settings = self.crawler.settings
         assert self._manifest is not None
-        earlier = series_runs(run.out_dir, self._manifest.series, before=run.run_id)
-        for m in earlier:
-            run.pull(f"runs/{m.run_id}/outcomes/")  # drift compares with them (a no-op for a local output)
-        result = finalize_run(run.run_dir, [run.out_dir / "runs" / m.run_id for m in earlier],
-                              rules_from_settings(settings), settings.getdict("REFWATCH_RADII").get("phash", 8),
-                              settings.getint("REFWATCH_FINAL_PART_ROWS"))
-        placeholders = sum(result.placeholders.values())
-        updates: dict[str, tuple[str, int]] = {"refwatch/outcome/ok": ("inc", -placeholders),
-                                               "refwatch/outcome/placeholder": ("inc", placeholders)}
-        for reason, count in result.placeholders.items():
-            updates[f"refwatch/placeholders/{reason}"] = ("inc", count)
-        for word, count in result.drift.items():
-            updates[f"refwatch/drift/{word}"] = ("set", count)
-        recheck = settings.get("REFWATCH_RECHECK_RUN")
-        if recheck:  # the rows this partial run did not fetch, copied from the run it re-checks
-            updates["refwatch/carried_rows"] = ("set", carry_over(run.run_dir, run.out_dir / "runs" / recheck))
-        if run.remote is not None:  # the finished parts replace what was uploaded while crawling
-            parts = outcome_parts(run.run_dir)
-            for part in parts:
-                run.publish(part)
-            run.remote.delete_stale(f"runs/{run.run_id}/outcomes/", {run.remote.key(part) for part in parts})
-        finish_manifest(run, self._manifest)
-        return updates
+        return finish_run(self.crawler.spider.run, self._manifest, self.crawler.settings)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         self._last_flush = time.monotonic()
