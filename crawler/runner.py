@@ -149,3 +149,78 @@ def run_crawl(settings: Settings) -> CrawlResult:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url,
                        run_location=run.run_location)
+
+
+def run_shard(settings: Settings) -> str:
+    """One shard of a sharded run (``REFWATCH_SHARD``, ``REFWATCH_SHARD_ATTEMPT``): crawl it and commit it.
+    Returns ``committed``, ``lost`` (another attempt had committed it) or ``incomplete`` (stopped early)."""
+    check_inputs(settings)
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler("replay")
+    process.crawl(crawler)
+    process.start()
+    stats = crawler.stats.get_stats() if crawler.stats else {}
+    if stats.get("refwatch/shard/committed"):
+        return "committed"
+    return "lost" if stats.get("refwatch/shard/lost") else "incomplete"
+
+
+def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int,
+                shard_size: int) -> CrawlResult | None:
+    """Cut the run into shards and crawl them with ``processes`` child processes (``crawler.workers.local``),
+    then end the run over the committed shards. ``None`` when the run is a single shard: the caller crawls it
+    in this process (``run_crawl``), as a child would, without a child's start-up."""
+    from crawler.references import SnapshotError
+    from crawler.runs.context import start_manifest
+    from crawler.shards.commit import read_commits, run_store
+    from crawler.shards.finish import finish_sharded_run, missing_shards
+    from crawler.shards.plan import plan_shards, write_plan
+    from crawler.workers.local import crawl_shards
+
+    if settings.get("REFWATCH_RECHECK_RUN"):
+        prepare_recheck(settings)
+    snapshots = settings.getlist("REFWATCH_SNAPSHOTS")
+    if not snapshots:
+        raise InputError("no snapshot given")
+    run = run_context(settings.get("REFWATCH_OUT"), settings.get("REFWATCH_RUN_ID"), settings.get("REFWATCH_QUEUE"),
+                      settings)
+    try:
+        plan = plan_shards(run.run_id, snapshots, shard_size)
+    except SnapshotError as exc:
+        raise InputError(str(exc)) from exc
+    if len(plan.shards) < 2 or processes < 2:
+        return None
+    check_inputs(settings)
+    settings.set("REFWATCH_RUN_ID", run.run_id, priority="cmdline")
+    settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
+    _clear_earlier_attempt(run)
+    if run.remote is not None:
+        run.remote.pull_manifests()  # the output's runs, to find this run's series when it ends
+    manifest = start_manifest(run, settings, snapshots)
+    run.publish(write_plan(run.run_dir, plan))
+    child = {key: value for key, value in overrides.items()
+             if key not in ("REFWATCH_PROGRESS", "REFWATCH_METRICS_PORT", "REFWATCH_METRICS_TEXTFILE",
+                            "REFWATCH_PUSHGATEWAY")}
+    child |= {"REFWATCH_RUN_ID": run.run_id, "REFWATCH_QUEUE": run.queue_url, "REFWATCH_SNAPSHOTS": snapshots,
+              "LOG_LEVEL": overrides.get("LOG_LEVEL") or "WARNING"}
+    crawl_shards(plan, child, processes=processes, attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"))
+    missing = missing_shards(plan, read_commits(run_store(run), run.run_id))
+    if missing:
+        raise RuntimeError(f"run {run.run_id}: {len(missing)} of {len(plan.shards)} shards were not committed "
+                           f"(first: {missing[0]}); redo the run with --run-id {run.run_id}")
+    summary = finish_sharded_run(run, plan, manifest, settings, snapshots)
+    return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url,
+                       run_location=run.run_location)
+
+
+def _clear_earlier_attempt(run: Any) -> None:
+    """A redo (same run id) starts clean: the earlier attempt's parts, shards and summary go."""
+    import shutil
+
+    run.summary_path.unlink(missing_ok=True)
+    shutil.rmtree(run.run_dir / "shards", ignore_errors=True)
+    for part in sorted(run.outcomes_dir.glob("part-*.parquet")):
+        part.unlink()
+    if run.remote is not None:
+        for info in list(run.remote.store.list(f"runs/{run.run_id}/shards/")):
+            run.remote.store.delete(info.key)

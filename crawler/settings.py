@@ -43,6 +43,11 @@ REFWATCH_BACKOFF_DEFAULT_SECONDS = 5.0  # back-off when a 429/503 has no usable 
 REFWATCH_OUTCOMES_BATCH_ROWS = 1000  # outcome rows per Parquet part file...
 REFWATCH_OUTCOMES_FLUSH_SECONDS = 10.0  # ...or fewer, when this long has passed since the last part
 REFWATCH_FINAL_PART_ROWS = 500_000  # when the run ends, its small parts are rewritten as parts of this many rows
+# A sharded run (crawler/shards/): each child crawl gets one shard of the plan and an attempt id; its parts go
+# to the attempt's folder and it commits the shard instead of finishing the run (the parent does that).
+REFWATCH_SHARD: dict[str, object] = {}
+REFWATCH_SHARD_ATTEMPT = ""
+REFWATCH_SHARD_ATTEMPTS = 3  # a shard whose child crawl fails is tried this many times before the run fails
 REFWATCH_PLACEHOLDERS: str | None = None  # your known placeholder list (kind,value lines) beside the shipped one
 REFWATCH_PLACEHOLDER_MIN_URLS = 20  # one content served for this many distinct URLs of one domain: placeholder
 REFWATCH_PLACEHOLDER_MIN_REDIRECTS = 20  # this many distinct URLs of one domain redirected to one URL: placeholder

@@ -7,7 +7,7 @@ happened earlier, in ``ImageHashMiddleware``; here the response body is already 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from crawler.readers import iter_references, open_snapshot
 from crawler.references import REFERENCE_META, Reference
 from crawler.runs.recheck import recheck_selection
 from crawler.runs.context import RunContext, run_context
+from crawler.shards.plan import Shard
 from crawler.urls import invalid_url_reason
 from middlewares.hashing import BODY_SIZE_META, DIGEST_META, DIHEDRAL_META
 
@@ -41,12 +42,19 @@ class ReplaySpider(scrapy.Spider):
         self.total: int | None = None
         self.run: RunContext
         self.only_refs: frozenset[str] | None = None  # a re-check replays just these references
+        self.shard: Shard | None = None  # a sharded run's child crawls one shard of the plan
+        self.refs_seen = 0  # references read, re-check skips included
+        self.read_to_end = False  # every reference of the snapshots (or the shard) was read
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> ReplaySpider:
         spider: ReplaySpider = super().from_crawler(crawler, *args, **kwargs)
         settings = crawler.settings
-        if spider._snapshot_arg:
+        shard = settings.getdict("REFWATCH_SHARD")
+        if shard:
+            spider.shard = Shard.from_json(shard)
+            spider.snapshots = [spider.shard.path]
+        elif spider._snapshot_arg:
             spider.snapshots = [p for p in spider._snapshot_arg.split(",") if p]
         else:
             spider.snapshots = settings.getlist("REFWATCH_SNAPSHOTS")
@@ -56,6 +64,8 @@ class ReplaySpider(scrapy.Spider):
         opened = [open_snapshot(path) for path in spider.snapshots]
         totals = [s.total for s in opened]
         spider.total = None if None in totals else sum(t for t in totals if t is not None)
+        if spider.shard is not None and not spider.shard.whole_file:
+            spider.total = spider.shard.references
         spider.run = run_context(
             settings.get("REFWATCH_OUT"),
             spider._run_id_arg or settings.get("REFWATCH_RUN_ID"),
@@ -74,7 +84,8 @@ class ReplaySpider(scrapy.Spider):
         stats = self.crawler.stats
         assert stats is not None
         only = self.only_refs
-        for ref in iter_references(self.snapshots, on_bad_record=self._bad_record):
+        for ref in self._references():
+            self.refs_seen += 1
             if only is not None and ref.ref_id not in only:
                 continue  # a re-check: the earlier run's row is carried over when the run ends
             stats.inc_value("refwatch/refs_read")
@@ -98,6 +109,14 @@ class ReplaySpider(scrapy.Spider):
             if self.crawler.engine.needs_backout():
                 await self.crawler.signals.wait_for(signals.scheduler_empty)
             yield request
+        self.read_to_end = True
+
+    def _references(self) -> Iterator[Reference]:
+        shard = self.shard
+        if shard is None or shard.whole_file:
+            return iter_references(self.snapshots, on_bad_record=self._bad_record)
+        assert shard.start is not None
+        return open_snapshot(shard.path, on_bad_record=self._bad_record).rows(shard.start, shard.stop)
 
     def _bad_record(self, path: str, offset: int, reason: str) -> None:
         assert self.crawler.stats is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,24 @@ def add_crawl_command(commands: Any) -> None:
                        help="Parquet/CSV/TSV/JSONL URL table (optionally .gz), WAT or WARC file "
                             "(with --recheck: default, the re-checked run's snapshot)")
     add_crawl_options(crawl)
+    crawl.add_argument("--processes", type=_positive, default=None, metavar="N",
+                       help="crawl processes on this machine (default: one per core); a Parquet snapshot is cut "
+                            "into shards of --shard-size rows, other files are one shard each")
+    crawl.add_argument("--shard-size", type=_positive, default=None, metavar="ROWS",
+                       help="references per shard of a Parquet snapshot (default 20000)")
+    # A child of --processes: crawl one shard of a planned run and commit it (crawler/workers/local.py).
+    shard = commands.add_parser("_shard")
+    shard.add_argument("spec", type=Path)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, not {value}")
+    return value
 
 
 def _groups(text: str) -> list[str]:
@@ -170,19 +189,31 @@ def print_summary(summary: dict[str, Any], run_dir: str, queue_url: str) -> None
 
 
 def cmd_crawl(args: argparse.Namespace) -> int:
-    from crawler.runner import project_settings, run_crawl
-
-    from crawler.runs.metrics import check_targets, export_run_metrics
+    from crawler.runner import project_settings, run_crawl, run_sharded
     from crawler.runs.history import read_manifest
+    from crawler.runs.metrics import check_targets, export_run_metrics
+    from crawler.shards.plan import DEFAULT_SHARD_SIZE
 
     if args.only and not args.recheck:
         raise BadInput("--only goes with --recheck RUN")
-    settings = project_settings(crawl_settings(args))
+    overrides = crawl_settings(args)
+    settings = project_settings(overrides)
     try:
         check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    result = run_crawl(settings)
+    processes = args.processes or os.cpu_count() or 1
+    if settings.get("REFWATCH_METRICS_PORT") not in (None, "") and args.processes is None:
+        processes = 1  # /metrics is served by the crawl process itself: one process unless asked otherwise
+    result = None
+    if processes > 1:
+        try:
+            result = run_sharded(settings, overrides, processes, args.shard_size or DEFAULT_SHARD_SIZE)
+        except RuntimeError as exc:  # shards that failed every attempt: nothing finished, the run can be redone
+            print(f"refwatch: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if result is None:
+        result = run_crawl(settings)
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
@@ -195,3 +226,15 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         manifest = None
     problems = export_run_metrics(settings, result.summary, manifest)  # failures are logged there
     return EXIT_OK if ok and not problems else EXIT_FAILED
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    """A child of ``--processes``: its exit status tells the parent what became of the shard."""
+    from crawler.runner import project_settings, run_shard
+    from crawler.workers.local import EXIT_COMMITTED, EXIT_INCOMPLETE, EXIT_LOST
+
+    spec = json.loads(args.spec.read_text(encoding="utf-8"))
+    settings = project_settings({**spec["settings"], "REFWATCH_SHARD": spec["shard"],
+                                 "REFWATCH_SHARD_ATTEMPT": spec["attempt"]})
+    status = run_shard(settings)
+    return {"committed": EXIT_COMMITTED, "lost": EXIT_LOST}.get(status, EXIT_INCOMPLETE)

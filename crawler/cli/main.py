@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from crawler import __version__
 from crawler.cli.common import EXIT_BAD_INPUT, EXIT_OK, BadInput
-from crawler.cli.crawl import add_crawl_command, cmd_crawl
+from crawler.cli.crawl import add_crawl_command, cmd_crawl, cmd_shard
 from crawler.cli.demo import add_demo_command, cmd_demo
 from crawler.cli.export import add_export_command, cmd_export
 from crawler.cli.hashlist import add_hashlist_commands, cmd_hashlist
@@ -25,7 +25,8 @@ from crawler.cli.queue import add_queue_commands, cmd_queue
 from crawler.cli.report import add_report_command, cmd_report
 
 HANDLERS = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "hashlist": cmd_hashlist,
-            "export-clean": cmd_export, "report": cmd_report, "demo": cmd_demo}
+            "export-clean": cmd_export, "report": cmd_report, "demo": cmd_demo,
+            "_shard": cmd_shard}
 
 
 def build_parser() -> argparse.ArgumentParser:

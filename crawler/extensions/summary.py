@@ -31,6 +31,8 @@ class SummaryExtension:
         run = getattr(spider, "run", None)
         if run is None or self.crawler.stats is None:
             return
+        if self.crawler.settings.getdict("REFWATCH_SHARD"):
+            return  # one shard of a sharded run: its counts are in its commit; the run's summary is the parent's
         stats = dict(self.crawler.stats.get_stats())
         stats.setdefault("finish_reason", reason)
         summary = build_summary(stats, run_id=run.run_id, snapshots=list(getattr(spider, "snapshots", [])),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,7 @@ from crawler.items import OutcomeItem
 from crawler.runs.context import start_manifest
 from crawler.runs.finish import finish_run
 from crawler.runs.history import Manifest
+from crawler.shards.commit import ShardCommit, attempt_dir, commit_shard, discard_attempt, run_store
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,11 @@ class OutcomeWriterPipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refwatch-outcomes")
         self._pending: list[Future[None]] = []
         self._manifest: Manifest | None = None
+        self._rows_written = 0
+        self._part_names: list[str] = []
+        shard = crawler.settings.getdict("REFWATCH_SHARD")
+        self._shard_id: str | None = str(shard["shard_id"]) if shard else None
+        self._attempt = crawler.settings.get("REFWATCH_SHARD_ATTEMPT") or ""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> OutcomeWriterPipeline:
@@ -110,6 +117,13 @@ class OutcomeWriterPipeline:
 
     def open_spider(self) -> None:
         run = self.crawler.spider.run  # type: ignore[union-attr]
+        if self._shard_id is not None:  # one shard of a sharded run: its own attempt folder, no manifest
+            if not self._attempt:
+                raise ValueError("a shard crawl needs REFWATCH_SHARD_ATTEMPT")
+            self._dir = attempt_dir(run, self._shard_id, self._attempt)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir.mkdir(parents=True, exist_ok=True)
+            return
         if run.remote is not None:
             run.remote.pull_manifests()  # the output's runs, to find this run's series when it ends
         self._manifest = start_manifest(run, self.crawler.settings, list(self.crawler.spider.snapshots))  # type: ignore[union-attr]
@@ -131,6 +145,7 @@ class OutcomeWriterPipeline:
         row["outcome"] = str(item.outcome)
         row["domain"] = url_domain(item.url)
         self._rows.append(row)
+        self._rows_written += 1
         if len(self._rows) >= self.batch_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush()
         return item
@@ -162,6 +177,8 @@ class OutcomeWriterPipeline:
         return self._finish()
 
     def _finish(self) -> dict[str, tuple[str, int]]:
+        if self._shard_id is not None:
+            return self._commit_shard()
         assert self._manifest is not None
         return finish_run(self.crawler.spider.run, self._manifest, self.crawler.settings)  # type: ignore[union-attr]
 
@@ -173,9 +190,40 @@ class OutcomeWriterPipeline:
         rows, self._rows = self._rows, []
         path = self._dir / f"part-{self._parts:05d}.parquet"
         self._parts += 1
+        self._part_names.append(path.name)
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         self._pending.append(self._executor.submit(self._write_and_publish, path, rows))
 
     def _write_and_publish(self, path: Path, rows: list[dict[str, Any]]) -> None:
         write_part(path, rows)
         self.crawler.spider.run.publish(path)  # type: ignore[union-attr]  # uploaded whole, as soon as written
+
+    def _commit_shard(self) -> dict[str, tuple[str, int]]:
+        """Commit this attempt if it is whole: every reference of the shard read and each one a row (or a
+        re-check skip, or a corrupt record). Another attempt's commit first, or an attempt cut short
+        (SIGTERM, a lost lease), discards this one's parts: the shard is someone else's or is done again."""
+        spider: Any = self.crawler.spider
+        run = spider.run
+        stats: dict[str, Any] = dict(self.crawler.stats.get_stats()) if self.crawler.stats else {}
+        assert self._shard_id is not None
+        bad = int(stats.get("refwatch/bad_records", 0))
+        refs_read = int(stats.get("refwatch/refs_read", 0))
+        skipped = spider.refs_seen - refs_read  # a re-check's references it does not fetch
+        planned = spider.shard.references
+        whole = (spider.read_to_end and self._rows_written + skipped == spider.refs_seen
+                 and (planned is None or spider.refs_seen + bad == planned))
+        if not whole:
+            logger.warning("shard %s attempt %s is incomplete (%d rows of %d references read%s): not committed",
+                           self._shard_id, self._attempt, self._rows_written, spider.refs_seen,
+                           "" if planned is None else f", {planned} planned")
+            discard_attempt(run, self._shard_id, self._attempt)
+            return {"refwatch/shard/incomplete": ("set", 1)}
+        counters = {k: v for k, v in stats.items() if k.startswith("refwatch/") and isinstance(v, int | float)}
+        commit = ShardCommit(shard_id=self._shard_id, attempt=self._attempt, rows=self._rows_written,
+                             refs_read=spider.refs_seen, bad_records=bad, parts=tuple(self._part_names),
+                             stats=counters)
+        if commit_shard(run_store(run), run.run_id, commit):
+            return {"refwatch/shard/committed": ("set", 1)}
+        logger.info("shard %s was committed by another attempt: discarding attempt %s", self._shard_id, self._attempt)
+        discard_attempt(run, self._shard_id, self._attempt)
+        return {"refwatch/shard/lost": ("set", 1)}

@@ -96,6 +96,18 @@ class Snapshot:
     def __iter__(self) -> Iterator[Reference]:
         return iter(self._reader)
 
+    @property
+    def splittable(self) -> bool:
+        """Whether ``rows`` can read a row range without reading the rows before it (Parquet)."""
+        return hasattr(self._reader, "rows")
+
+    def rows(self, start: int, stop: int | None) -> Iterator[Reference]:
+        """The references of rows ``start`` to ``stop`` (exclusive), numbered as in the whole file; only for a
+        ``splittable`` snapshot (the other formats are read whole, one shard a file)."""
+        if not self.splittable:
+            raise ValueError(f"{self.path}: a {self.format.value} snapshot is read whole, not by row range")
+        return self._reader.rows(start, stop)  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
         return f"Snapshot({str(self.path)!r}, format={self.format.value!r}, total={self.total!r})"
 

@@ -48,21 +48,38 @@ class ParquetReader:
             raise snapshot_error(self.path, f"is not a readable Parquet file: {exc}") from None
 
     def __iter__(self) -> Iterator[Reference]:
+        return self.rows(0, None)
+
+    def rows(self, start: int, stop: int | None) -> Iterator[Reference]:
+        """The references of rows ``start`` to ``stop`` (exclusive; ``None``: the end), numbered as in the
+        whole file (ids made from row numbers do not depend on the range). Only the row groups that overlap
+        the range are read: a shard of a large table costs its own rows, not the rows before it."""
         bad = BadRecords(self.path, self._on_bad_record, unit="row")
         mapper = RowMapper(self.path)
         wanted = self._columns.names()
+        end = self._total if stop is None else min(stop, self._total)
         with self._open() as pf:
             first_row = 0
             for group in range(pf.metadata.num_row_groups):
                 group_rows = pf.metadata.row_group(group).num_rows
+                if first_row >= end:
+                    break
+                if first_row + group_rows <= start:
+                    first_row += group_rows
+                    continue
                 row = first_row
                 try:
                     for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=wanted):
-                        yield from _batch_references(mapper, self._columns, batch, row)
+                        lo, hi = max(start - row, 0), min(end - row, batch.num_rows)
+                        if lo < hi:
+                            part = batch if (lo, hi) == (0, batch.num_rows) else batch.slice(lo, hi - lo)
+                            yield from _batch_references(mapper, self._columns, part, row + lo)
                         row += batch.num_rows
+                        if row >= end:
+                            break
                 except (pa.ArrowException, OSError) as exc:
                     # The rest of this row group is lost; later groups have their own pages and may be fine.
-                    bad(row, f"row group {group} unreadable from row {row}: {exc}")
+                    bad(max(row, start), f"row group {group} unreadable from row {max(row, start)}: {exc}")
                 first_row += group_rows
 
 

@@ -1,0 +1,120 @@
+"""The plan of a sharded run: which references each shard holds, fixed before any work starts.
+
+A shard is a row range of a splittable snapshot (Parquet: ``shard_size`` rows, read without the rows before
+it) or one whole file of the other formats (CSV/TSV/JSON Lines and WAT/WARC archives are read from their
+start). Shard ids follow the snapshot order (``s00000``, ``s00001``, ...), so planning the same snapshots with
+the same shard size always gives the same shards — which is what lets a lost Redis stream be re-planned, and
+a shard's attempts be compared. The plan is written once, as ``runs/<id>/plan.json``, before any shard starts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crawler.readers import open_snapshot
+
+#: Rows per shard of a Parquet snapshot: at ~3-10 ms of CPU a reference, 20,000 rows are one to three
+#: minutes of one core — long enough that a child crawl's start-up (~2.5 s of CPU) is a few per cent, short
+#: enough that a lost attempt costs little.
+DEFAULT_SHARD_SIZE = 20_000
+PLAN_FILE = "plan.json"
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used (unreadable, or not the plan of these snapshots)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """``references`` rows of ``path`` from row ``start`` (``stop`` exclusive; both ``None`` for a whole
+    file, whose count is then only known when it has been read)."""
+
+    shard_id: str
+    path: str
+    start: int | None = None
+    stop: int | None = None
+    references: int | None = None
+
+    @property
+    def whole_file(self) -> bool:
+        return self.start is None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Shard:
+        return cls(shard_id=str(data["shard_id"]), path=str(data["path"]), start=data.get("start"),
+                   stop=data.get("stop"), references=data.get("references"))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    run_id: str
+    shard_size: int
+    shards: tuple[Shard, ...]
+
+    @property
+    def references(self) -> int | None:
+        """Planned references over all shards, or ``None`` when a whole-file shard's count is unknown."""
+        counts = [s.references for s in self.shards]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    def shard(self, shard_id: str) -> Shard:
+        for shard in self.shards:
+            if shard.shard_id == shard_id:
+                return shard
+        raise PlanError(f"run {self.run_id}: no shard {shard_id!r} in its plan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "shard_size": self.shard_size, "references": self.references,
+                "shards": [s.to_json() for s in self.shards]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        try:
+            return cls(run_id=str(data["run_id"]), shard_size=int(data["shard_size"]),
+                       shards=tuple(Shard.from_json(s) for s in data["shards"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"not a refwatch shard plan: {exc}") from None
+
+
+def plan_shards(run_id: str, paths: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> Plan:
+    """Cut the snapshots into shards, in order: Parquet files by ``shard_size`` rows, other files whole."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be at least 1, not {shard_size}")
+    shards: list[Shard] = []
+    for path in paths:
+        snapshot = open_snapshot(path)
+        total = snapshot.total
+        if snapshot.splittable and total is not None:
+            for start in range(0, total, shard_size):
+                stop = min(start + shard_size, total)
+                shards.append(Shard(f"s{len(shards):05d}", str(path), start, stop, stop - start))
+        else:
+            shards.append(Shard(f"s{len(shards):05d}", str(path)))
+    return Plan(run_id=run_id, shard_size=shard_size, shards=tuple(shards))
+
+
+def write_plan(run_dir: Path, plan: Plan) -> Path:
+    """``runs/<id>/plan.json``, written whole (temporary name, then renamed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / PLAN_FILE
+    tmp = path.with_name(f".{PLAN_FILE}.tmp")
+    tmp.write_text(json.dumps(plan.to_json(), indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_plan(run_dir: Path) -> Plan:
+    path = run_dir / PLAN_FILE
+    try:
+        return Plan.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no shard plan (was the run seeded?)") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path}: not JSON: {exc}") from None

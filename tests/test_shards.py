@@ -1,0 +1,258 @@
+"""A run cut into shards: the plan, create-only commits, the end-of-run checks, and ``crawl --processes``.
+
+The crawl tests run the real ``refwatch crawl`` against the sample web on loopback; the commit tests use a
+local output folder and a real S3 endpoint (moto_server), since the commit marker's create-only write is
+what makes a shard's result exactly-once whoever crawls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from crawler.runs.context import run_context
+from crawler.shards.commit import (ShardCommit, attempt_dir, commit_shard, discard_attempt, read_commit,
+                                   read_commits, run_store)
+from crawler.shards.finish import IncompleteRunError, check_commits, merged_stats
+from crawler.shards.plan import Plan, PlanError, Shard, plan_shards, read_plan, write_plan
+from tests.helpers import REPO_ROOT, run_refwatch
+
+
+def _parquet(path: Path, urls: list[str], row_group_size: int = 64) -> Path:
+    pq.write_table(pa.table({"SAMPLE_ID": pa.array(range(len(urls)), pa.int64()), "URL": urls}), path,
+                   row_group_size=row_group_size)
+    return path
+
+
+# --- the plan ------------------------------------------------------------------------------------------
+
+
+def test_plan_cuts_parquet_by_rows_and_other_files_whole(tmp_path: Path) -> None:
+    table = _parquet(tmp_path / "a.parquet", [f"http://example.test/{i}.jpg" for i in range(250)])
+    csv = tmp_path / "b.csv"
+    csv.write_text("url\nhttp://example.test/x.jpg\nhttp://example.test/y.jpg\n", encoding="utf-8")
+    plan = plan_shards("r1", [str(table), str(csv)], shard_size=100)
+    assert [(s.shard_id, s.start, s.stop, s.references) for s in plan.shards] == [
+        ("s00000", 0, 100, 100), ("s00001", 100, 200, 100), ("s00002", 200, 250, 50), ("s00003", None, None, None)]
+    assert plan.shards[3].whole_file and plan.shards[3].path == str(csv)
+    assert plan.references is None  # the CSV's count is known once it is read
+    assert plan_shards("r1", [str(table)], shard_size=100).references == 250
+    assert plan_shards("r1", [str(table), str(csv)], shard_size=100) == plan  # deterministic
+
+
+def test_plan_round_trips_and_rejects_nonsense(tmp_path: Path) -> None:
+    table = _parquet(tmp_path / "a.parquet", [f"http://example.test/{i}.jpg" for i in range(30)])
+    plan = plan_shards("r2", [str(table)], shard_size=7)
+    write_plan(tmp_path / "run", plan)
+    assert read_plan(tmp_path / "run") == plan
+    assert len(plan.shards) == 5 and plan.shard("s00004").references == 2
+    with pytest.raises(PlanError):
+        read_plan(tmp_path / "nowhere")
+    with pytest.raises(ValueError):
+        plan_shards("r2", [str(table)], shard_size=0)
+
+
+def test_parquet_row_ranges_give_the_rows_of_the_whole_file(tmp_path: Path) -> None:
+    from crawler.readers import open_snapshot
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"URL": [f"http://example.test/{i}.jpg" for i in range(1000)]}), path,
+                   row_group_size=70)
+    snapshot = open_snapshot(path)
+    whole = [(r.ref_id, r.url) for r in snapshot]
+    for start, stop in [(0, 1), (69, 71), (140, 141), (0, 1000), (999, None), (350, 700), (1000, None)]:
+        assert [(r.ref_id, r.url) for r in snapshot.rows(start, stop)] == whole[start:stop]
+
+
+# --- commits -------------------------------------------------------------------------------------------
+
+
+def _commit(shard_id: str, attempt: str, rows: int = 3) -> ShardCommit:
+    return ShardCommit(shard_id=shard_id, attempt=attempt, rows=rows, refs_read=rows, bad_records=0,
+                       parts=("part-00000.parquet",), stats={"refwatch/outcome/ok": rows, "refwatch/shard/committed": 1})
+
+
+def test_the_first_commit_wins_in_a_local_folder(tmp_path: Path) -> None:
+    run = run_context(tmp_path / "out", "run-local", None)
+    store = run_store(run)
+    assert commit_shard(store, run.run_id, _commit("s00000", "a1"))
+    assert not commit_shard(store, run.run_id, _commit("s00000", "a2", rows=5))
+    assert read_commit(store, run.run_id, "s00000").attempt == "a1"
+    assert commit_shard(store, run.run_id, _commit("s00001", "a3"))
+    assert sorted(read_commits(store, run.run_id)) == ["s00000", "s00001"]
+    assert (tmp_path / "out" / "runs" / "run-local" / "shards" / "s00000" / "commit.json").is_file()
+
+
+def test_the_first_commit_wins_on_s3(s3_server) -> None:
+    bucket = "shards-commit"
+    s3_server.client().create_bucket(Bucket=bucket)
+
+    class Settings(dict):  # run_context reads the S3 options with .get
+        pass
+
+    run = run_context(f"s3://{bucket}/out", "run-s3", None,
+                      Settings(REFWATCH_S3_ENDPOINT_URL=s3_server.endpoint, REFWATCH_STAGING_DIR=None))
+    store = run_store(run)
+    assert commit_shard(store, run.run_id, _commit("s00007", "a1"))
+    assert not commit_shard(store, run.run_id, _commit("s00007", "a2"))
+    assert read_commits(store, run.run_id)["s00007"].attempt == "a1"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["out/runs/run-s3/shards/s00007/commit.json"]
+
+
+def test_a_losing_attempt_is_discarded(tmp_path: Path) -> None:
+    run = run_context(tmp_path / "out", "run-x", None)
+    folder = attempt_dir(run, "s00000", "a2")
+    folder.mkdir(parents=True)
+    (folder / "part-00000.parquet").write_bytes(b"rows of a losing attempt")
+    discard_attempt(run, "s00000", "a2")
+    assert not folder.exists()
+
+
+def test_the_end_of_run_checks_what_was_committed() -> None:
+    plan = Plan("r", 2, (Shard("s00000", "a.parquet", 0, 2, 2), Shard("s00001", "a.parquet", 2, 3, 1),
+                         Shard("s00002", "b.wat")))
+    commits = {"s00000": _commit("s00000", "a", rows=2), "s00002": _commit("s00002", "c", rows=9)}
+    with pytest.raises(IncompleteRunError, match="1 of 3 shards not committed"):
+        check_commits(plan, commits)
+    commits["s00001"] = _commit("s00001", "b", rows=2)  # two references where the plan holds one
+    with pytest.raises(IncompleteRunError, match="s00001"):
+        check_commits(plan, commits)
+    commits["s00001"] = _commit("s00001", "b", rows=1)
+    check_commits(plan, commits)
+    stats = merged_stats(commits.values())
+    assert stats == {"refwatch/outcome/ok": 12}  # the attempts' own shard state is not the run's
+
+
+# --- refwatch crawl --processes ------------------------------------------------------------------------
+
+
+def _snapshot(web, path: Path, n: int) -> Path:
+    """n references: images, 404s and a refused port, so every shard has a mix of outcomes."""
+    urls = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 3:
+            urls.append(web.url("/status/404"))
+        elif kind == 4:
+            urls.append(web.url(f"/redirect/1?to=/img/{i}.png"))
+        else:
+            urls.append(web.url(f"/img/{i}.jpg"))
+    return _parquet(path, urls, row_group_size=16)
+
+
+def _rows(run_dir: Path) -> pa.Table:
+    return pq.read_table(run_dir / "outcomes").sort_by("ref_id")
+
+
+def _crawl(snapshot: Path, out: Path, run_id: str, *extra: str, timeout: float = 240):
+    return run_refwatch("crawl", str(snapshot), "--out", str(out), "--run-id", run_id, "--allow-private-networks",
+                        "--json", "--no-progress", *extra, timeout=timeout)
+
+
+def test_processes_give_the_rows_one_process_gives(web, tmp_path: Path) -> None:
+    snapshot = _snapshot(web, tmp_path / "snap.parquet", 60)
+    one = _crawl(snapshot, tmp_path / "out", "one", "--processes", "1")
+    assert one.returncode == 0, one.stderr[-2000:]
+    many = _crawl(snapshot, tmp_path / "out", "many", "--processes", "2", "--shard-size", "16")
+    assert many.returncode == 0, many.stderr[-2000:]
+    summary_one, summary_many = json.loads(one.stdout), json.loads(many.stdout)
+    assert summary_many["shards"] == 4 and "shards" not in summary_one
+    assert summary_many["references"] == summary_one["references"] == 60
+    assert summary_many["outcomes"] == summary_one["outcomes"]
+    assert summary_many["outcomes"]["ok"] == 48 and summary_many["outcomes"]["not_found"] == 12
+    run_dir = tmp_path / "out" / "runs" / "many"
+    rows_one, rows_many = _rows(tmp_path / "out" / "runs" / "one"), _rows(run_dir)
+    assert rows_many.num_rows == 60 and len(set(rows_many.column("ref_id").to_pylist())) == 60
+    for column in ("ref_id", "url", "outcome", "http_status", "md5", "phash", "pdq", "redirects"):
+        assert rows_many.column(column).to_pylist() == rows_one.column(column).to_pylist(), column
+    assert set(rows_many.column("run_id").to_pylist()) == {"many"}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    plan = read_plan(run_dir)
+    assert [s.references for s in plan.shards] == [16, 16, 16, 12]
+    assert sorted(p.name for p in (run_dir / "shards").iterdir()) == ["s00000", "s00001", "s00002", "s00003"]
+    # only the commit markers stay: the attempts' parts became the run's final parts
+    assert sorted(p.name for p in (run_dir / "shards").rglob("*") if p.is_file()) == ["commit.json"] * 4
+    assert [p.name for p in (run_dir / "outcomes").iterdir()] == ["part-f00000.parquet"]
+
+
+def test_a_killed_child_is_crawled_again_and_every_reference_appears_once(web, tmp_path: Path) -> None:
+    """SIGKILL of a shard's child mid-crawl: its attempt is never committed, a new attempt is, and the
+    run's rows are each planned reference exactly once."""
+    urls = [web.url(f"/slow/0.3?i={i}") if i % 4 == 0 else web.url(f"/img/{i}.jpg") for i in range(48)]
+    snapshot = _parquet(tmp_path / "slow.parquet", urls, row_group_size=8)
+    cmd = [sys.executable, "-m", "crawler.cli.main", "crawl", str(snapshot), "--out", str(tmp_path / "out"),
+           "--run-id", "killed", "--allow-private-networks", "--json", "--no-progress", "--processes", "2",
+           "--shard-size", "12", "--concurrency", "2", "--per-host", "2"]
+    parent = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = None
+        deadline = time.monotonic() + 60
+        while victim is None and time.monotonic() < deadline:  # a child that has started writing rows
+            victim = _shard_child_with_rows(parent.pid, tmp_path / "out" / "runs" / "killed")
+            time.sleep(0.05)
+        assert victim is not None, "no shard child was seen crawling"
+        os.kill(victim, signal.SIGKILL)
+        out, err = parent.communicate(timeout=240)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["references"] == 48
+    assert "trying again" in err
+    rows = _rows(tmp_path / "out" / "runs" / "killed")
+    ref_ids = rows.column("ref_id").to_pylist()
+    assert sorted(ref_ids) == sorted(str(i) for i in range(48))  # each reference once
+
+
+def _shard_child_with_rows(parent_pid: int, run_dir: Path) -> int | None:
+    """The pid of a ``_shard`` child of ``parent_pid`` whose attempt folder already holds a part."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None)
+        if ppid != parent_pid or b"_shard" not in cmdline:
+            continue
+        spec = json.loads(Path(cmdline[cmdline.index(b"_shard") + 1].decode()).read_text())
+        folder = run_dir / "shards" / spec["shard"]["shard_id"] / spec["attempt"]
+        if folder.is_dir() and any(folder.glob("part-*.parquet")):
+            return int(entry.name)
+    return None
+
+
+def test_a_second_attempt_of_a_committed_shard_loses_and_leaves_nothing(web, tmp_path: Path) -> None:
+    """Two attempts of one shard both crawl it whole (a worker presumed dead that was only slow): the
+    second finds the commit marker, exits 'lost' and discards its parts."""
+    snapshot = _snapshot(web, tmp_path / "snap.parquet", 10)
+    shard = Shard("s00000", str(snapshot), 0, 10, 10)
+    out = tmp_path / "out"
+    settings = {"REFWATCH_SNAPSHOTS": [str(snapshot)], "REFWATCH_OUT": str(out), "REFWATCH_RUN_ID": "race",
+                "REFWATCH_ALLOW_PRIVATE_NETWORKS": True, "LOG_LEVEL": "WARNING", "REFWATCH_HASHLISTS": []}
+    codes = []
+    for attempt in ("a-first", "a-second"):
+        spec = tmp_path / f"{attempt}.json"
+        spec.write_text(json.dumps({"settings": settings, "shard": shard.to_json(), "attempt": attempt}))
+        codes.append(run_refwatch("_shard", str(spec), timeout=120).returncode)
+    assert codes == [0, 3]
+    run_dir = out / "runs" / "race"
+    commit = json.loads((run_dir / "shards" / "s00000" / "commit.json").read_text())
+    assert commit["attempt"] == "a-first" and commit["rows"] == 10
+    assert (run_dir / "shards" / "s00000" / "a-first").is_dir()
+    assert not (run_dir / "shards" / "s00000" / "a-second").exists()
