@@ -165,17 +165,27 @@ def run_shard(settings: Settings) -> str:
     return "lost" if stats.get("refwatch/shard/lost") else "incomplete"
 
 
-def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int,
-                shard_size: int) -> CrawlResult | None:
-    """Cut the run into shards and crawl them with ``processes`` child processes (``crawler.workers.local``),
-    then end the run over the committed shards. ``None`` when the run is a single shard: the caller crawls it
-    in this process (``run_crawl``), as a child would, without a child's start-up."""
+@dataclass(frozen=True)
+class ShardedRun:
+    """A planned run, ready for its shards to be crawled: where it goes, its plan and manifest, and the
+    settings every shard's child crawl gets (the command line's, with the run id and queue fixed)."""
+
+    run: Any  # RunContext
+    plan: Any  # crawler.shards.plan.Plan
+    manifest: Any  # crawler.runs.history.Manifest
+    child_settings: dict[str, Any]
+    snapshots: list[str]
+
+
+#: Settings a shard's child crawl does not get: the parent (or worker) shows progress and metrics.
+_PARENT_ONLY = ("REFWATCH_PROGRESS", "REFWATCH_METRICS_PORT", "REFWATCH_METRICS_ADDRESS", "REFWATCH_METRICS_TEXTFILE",
+                "REFWATCH_PUSHGATEWAY")
+
+
+def plan_run(settings: Settings, shard_size: int) -> tuple[Any, Any, list[str]]:
+    """The run's outputs and its plan (cheap: Parquet footers and file names); bad snapshots are InputError."""
     from crawler.references import SnapshotError
-    from crawler.runs.context import start_manifest
-    from crawler.shards.commit import read_commits, run_store
-    from crawler.shards.finish import finish_sharded_run, missing_shards
-    from crawler.shards.plan import plan_shards, write_plan
-    from crawler.workers.local import crawl_shards
+    from crawler.shards.plan import plan_shards
 
     if settings.get("REFWATCH_RECHECK_RUN"):
         prepare_recheck(settings)
@@ -186,29 +196,69 @@ def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int
                       settings)
     try:
         plan = plan_shards(run.run_id, snapshots, shard_size)
-    except SnapshotError as exc:
+    except (SnapshotError, ValueError) as exc:
         raise InputError(str(exc)) from exc
-    if len(plan.shards) < 2 or processes < 2:
-        return None
+    return run, plan, snapshots
+
+
+def prepare_sharded_run(settings: Settings, overrides: Mapping[str, Any], run: Any, plan: Any,
+                        snapshots: list[str], *, keep_commits: bool) -> ShardedRun:
+    """Check the inputs, then write the manifest (``running``) and the plan before any shard starts.
+
+    ``keep_commits``: seeding a run again keeps what it committed (its plan must be the same); otherwise a redo
+    with the same run id starts clean."""
+    from crawler.runs.context import start_manifest
+    from crawler.runs.history import read_manifest
+    from crawler.shards.plan import PlanError, read_plan, write_plan
+
     check_inputs(settings)
     settings.set("REFWATCH_RUN_ID", run.run_id, priority="cmdline")
     settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
-    _clear_earlier_attempt(run)
+    child = {key: value for key, value in overrides.items() if key not in _PARENT_ONLY}
+    child |= {"REFWATCH_RUN_ID": run.run_id, "REFWATCH_QUEUE": run.queue_url, "REFWATCH_SNAPSHOTS": snapshots,
+              "LOG_LEVEL": overrides.get("LOG_LEVEL") or "WARNING"}
+    if keep_commits:
+        run.pull(f"runs/{run.run_id}/plan.json")
+        run.pull(f"runs/{run.run_id}/manifest.json")
+        try:
+            earlier = read_plan(run.run_dir)
+        except PlanError:
+            earlier = None
+        manifest = read_manifest(run.run_dir)
+        if earlier is not None and manifest is not None:
+            if earlier.shards != plan.shards:
+                raise InputError(f"run {run.run_id} was planned with other shards (snapshots or --shard-size "
+                                 f"differ): seed a new run id, or the same snapshots and shard size")
+            return ShardedRun(run, earlier, manifest, child, snapshots)
+    else:
+        _clear_earlier_attempt(run)
     if run.remote is not None:
         run.remote.pull_manifests()  # the output's runs, to find this run's series when it ends
     manifest = start_manifest(run, settings, snapshots)
     run.publish(write_plan(run.run_dir, plan))
-    child = {key: value for key, value in overrides.items()
-             if key not in ("REFWATCH_PROGRESS", "REFWATCH_METRICS_PORT", "REFWATCH_METRICS_TEXTFILE",
-                            "REFWATCH_PUSHGATEWAY")}
-    child |= {"REFWATCH_RUN_ID": run.run_id, "REFWATCH_QUEUE": run.queue_url, "REFWATCH_SNAPSHOTS": snapshots,
-              "LOG_LEVEL": overrides.get("LOG_LEVEL") or "WARNING"}
-    crawl_shards(plan, child, processes=processes, attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"))
+    return ShardedRun(run, plan, manifest, child, snapshots)
+
+
+def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int,
+                shard_size: int) -> CrawlResult | None:
+    """Cut the run into shards and crawl them with ``processes`` child processes (``crawler.workers.local``),
+    then end the run over the committed shards. ``None`` when the run is a single shard: the caller crawls it
+    in this process (``run_crawl``), as a child would, without a child's start-up."""
+    from crawler.shards.commit import read_commits, run_store
+    from crawler.shards.finish import finish_sharded_run, missing_shards
+    from crawler.workers.local import crawl_shards
+
+    run, plan, snapshots = plan_run(settings, shard_size)
+    if len(plan.shards) < 2 or processes < 2:
+        return None
+    sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)
+    crawl_shards(plan, sharded.child_settings, processes=processes,
+                 attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"))
     missing = missing_shards(plan, read_commits(run_store(run), run.run_id))
     if missing:
         raise RuntimeError(f"run {run.run_id}: {len(missing)} of {len(plan.shards)} shards were not committed "
                            f"(first: {missing[0]}); redo the run with --run-id {run.run_id}")
-    summary = finish_sharded_run(run, plan, manifest, settings, snapshots)
+    summary = finish_sharded_run(run, plan, sharded.manifest, settings, snapshots)
     return CrawlResult(summary=summary, run_dir=str(run.run_dir), queue_url=run.queue_url,
                        run_location=run.run_location)
 

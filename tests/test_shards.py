@@ -78,7 +78,8 @@ def test_parquet_row_ranges_give_the_rows_of_the_whole_file(tmp_path: Path) -> N
 
 def _commit(shard_id: str, attempt: str, rows: int = 3) -> ShardCommit:
     return ShardCommit(shard_id=shard_id, attempt=attempt, rows=rows, refs_read=rows, bad_records=0,
-                       parts=("part-00000.parquet",), stats={"refwatch/outcome/ok": rows, "refwatch/shard/committed": 1})
+                       parts=("part-00000.parquet",),
+                       stats={"refwatch/outcome/ok": rows, "refwatch/shard/committed": 1})
 
 
 def test_the_first_commit_wins_in_a_local_folder(tmp_path: Path) -> None:

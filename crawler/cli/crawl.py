@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crawler.cli.common import DEFAULT_OUT, EXIT_FAILED, EXIT_OK, BadInput, add_s3_options, radius
+from crawler.cli.common import DEFAULT_OUT, EXIT_FAILED, EXIT_OK, BadInput, add_s3_options, positive, radius
 
 
 def add_crawl_command(commands: Any) -> None:
@@ -23,24 +23,14 @@ def add_crawl_command(commands: Any) -> None:
                        help="Parquet/CSV/TSV/JSONL URL table (optionally .gz), WAT or WARC file "
                             "(with --recheck: default, the re-checked run's snapshot)")
     add_crawl_options(crawl)
-    crawl.add_argument("--processes", type=_positive, default=None, metavar="N",
+    crawl.add_argument("--processes", type=positive(int), default=None, metavar="N",
                        help="crawl processes on this machine (default: one per core); a Parquet snapshot is cut "
                             "into shards of --shard-size rows, other files are one shard each")
-    crawl.add_argument("--shard-size", type=_positive, default=None, metavar="ROWS",
+    crawl.add_argument("--shard-size", type=positive(int), default=None, metavar="ROWS",
                        help="references per shard of a Parquet snapshot (default 20000)")
     # A child of --processes: crawl one shard of a planned run and commit it (crawler/workers/local.py).
     shard = commands.add_parser("_shard")
     shard.add_argument("spec", type=Path)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, not {value}")
-    return value
 
 
 def _groups(text: str) -> list[str]:

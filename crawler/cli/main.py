@@ -18,6 +18,7 @@ from crawler import __version__
 from crawler.cli.common import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from crawler.cli.crawl import add_crawl_command, cmd_crawl, cmd_shard
 from crawler.cli.demo import add_demo_command, cmd_demo
+from crawler.cli.distributed import add_distributed_commands, cmd_seed, cmd_status, cmd_worker
 from crawler.cli.export import add_export_command, cmd_export
 from crawler.cli.hashlist import add_hashlist_commands, cmd_hashlist
 from crawler.cli.inputs import add_input_commands, cmd_hash, cmd_refs
@@ -26,7 +27,7 @@ from crawler.cli.report import add_report_command, cmd_report
 
 HANDLERS = {"crawl": cmd_crawl, "refs": cmd_refs, "hash": cmd_hash, "queue": cmd_queue, "hashlist": cmd_hashlist,
             "export-clean": cmd_export, "report": cmd_report, "demo": cmd_demo,
-            "_shard": cmd_shard}
+            "seed": cmd_seed, "worker": cmd_worker, "status": cmd_status, "_shard": cmd_shard}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"refwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_crawl_command(commands)
+    add_distributed_commands(commands)
     add_input_commands(commands)
     add_queue_commands(commands)
     add_hashlist_commands(commands)

@@ -95,6 +95,10 @@ class ShardQueue:
         self._runs_key = runs_key(namespace)
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
+    @property
+    def lease_seconds(self) -> float:
+        return self.lease_ms / 1000.0
+
     @classmethod
     def from_url(cls, url: str, **options: Any) -> ShardQueue:
         """A queue on ``redis://host:port/db`` (or ``rediss://``, ``unix://``); ``options`` go to ``__init__``."""

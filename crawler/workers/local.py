@@ -70,7 +70,8 @@ def write_spec(folder: Path, settings: dict[str, Any], shard: Shard, attempt: st
     return path
 
 
-def _status(returncode: int) -> str:
+def attempt_status(returncode: int) -> str:
+    """What a child's exit status says became of its shard."""
     return {EXIT_COMMITTED: "committed", EXIT_LOST: "lost", EXIT_INCOMPLETE: "incomplete"}.get(returncode, "failed")
 
 
@@ -116,7 +117,8 @@ def crawl_shards(plan: Plan, settings: dict[str, Any], *, processes: int, attemp
                 if code is None:
                     continue
                 running.remove(r)
-                result = AttemptResult(r.shard.shard_id, r.attempt, _status(code), code, time.monotonic() - r.started)
+                result = AttemptResult(r.shard.shard_id, r.attempt, attempt_status(code), code,
+                                       time.monotonic() - r.started)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
