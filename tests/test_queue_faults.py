@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 
 from crawler.events.queue import EventQueue, open_queue
-from crawler.extensions.metrics import StatsCollector
+from crawler.extensions.metrics import MetricsExtension, StatsCollector
 from crawler.hashing.digest import hash_bytes
 from crawler.storage.local import LocalStore
 from crawler.storage.base import Backoff, ObjectStore, TransientStoreError
@@ -174,7 +174,7 @@ def test_queue_errors_are_a_metric() -> None:
     crawler.stats.set_value("refwatch/queue/errors", 4)
     crawler.stats.set_value("refwatch/queue/batches_written", 2)
     registry = CollectorRegistry()
-    registry.register(StatsCollector(crawler))
+    registry.register(StatsCollector(crawler, MetricsExtension(crawler, None, "127.0.0.1")))
     assert registry.get_sample_value("refwatch_queue_errors_total") == 4
     assert registry.get_sample_value("refwatch_queue_batches_written_total") == 2
 

@@ -1,4 +1,5 @@
-"""A worker's /metrics: what it did with shards, and the run-wide shard counts it sees in Redis.
+"""A worker's /metrics: its shard crawls' counters (summed), what it did with shards, and the run-wide shard
+counts it sees in Redis.
 
 Every worker exports the same Redis view of each active run (``refwatch_shards``, ``refwatch_shard_references``),
 so dashboards take the maximum over workers; the counters (attempts, leases) are this worker's own. Labels are
@@ -14,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from crawler.runs.counters import crawl_families, duration_families
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ class WorkerCollector(Collector):
                                 value=worker.processes)
         yield GaugeMetricFamily("refwatch_worker_busy_processes", "Shard crawls running now.",
                                 value=len(worker._children))
+        totals, inflight = worker.crawl_totals()
+        yield from crawl_families(totals.stats)
+        yield from duration_families(totals.fetch, totals.hashing)
+        yield GaugeMetricFamily("refwatch_inflight_requests", "Requests being downloaded now.", value=inflight)
         yield from self._runs()
 
     def _runs(self) -> Iterator[Metric]:

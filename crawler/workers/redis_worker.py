@@ -17,6 +17,7 @@ committed), release their claims so other workers take them at once, exit 0.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ import redis
 from crawler.coordination.shard_model import Claim, RunState
 from crawler.coordination.shardqueue import ShardQueue
 from crawler.runs.context import run_context
+from crawler.runs.counters import FETCH_BUCKETS, HASH_BUCKETS, Buckets, add_stats
 from crawler.runs.history import read_manifest
 from crawler.shards.commit import discard_attempt, new_attempt_id, read_commit, read_commits, run_store
 from crawler.shards.finish import IncompleteRunError, finish_sharded_run, missing_shards
@@ -66,12 +68,38 @@ class WorkerCounters:
 
 
 @dataclass
+class CrawlTotals:
+    """The crawl counters of this worker's shard crawls: finished ones summed, running ones read live from
+    the stats file each writes (``REFWATCH_STATS_FILE``), so the worker's /metrics only ever go up."""
+
+    stats: dict[str, Any] = field(default_factory=dict)
+    fetch: Buckets = field(default_factory=lambda: Buckets(FETCH_BUCKETS))
+    hashing: Buckets = field(default_factory=lambda: Buckets(HASH_BUCKETS))
+
+    def add_file(self, path: Path) -> int:
+        """Add one stats file's counters; returns its in-flight requests (0 if it cannot be read)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0
+        add_stats(self.stats, data.get("stats", {}))
+        self.fetch.add(Buckets.from_json(data["fetch_duration"]))
+        self.hashing.add(Buckets.from_json(data["hash_duration"]))
+        return int(data.get("inflight", 0))
+
+    def copy(self) -> CrawlTotals:
+        return CrawlTotals(dict(self.stats), Buckets(self.fetch.bounds, list(self.fetch.counts), self.fetch.total),
+                           Buckets(self.hashing.bounds, list(self.hashing.counts), self.hashing.total))
+
+
+@dataclass
 class _Child:
     claim: Claim
     attempt: str
     process: subprocess.Popen[bytes]
     started: float
     renewed: float
+    stats_file: Path
 
 
 @dataclass
@@ -93,6 +121,7 @@ class ShardWorker:
         self.env = {**os.environ, **(env or {})}
         self.child_settings = dict(child_settings or {})  # this worker's own, on top of the run's (Redis URL)
         self.counters = WorkerCounters()
+        self.finished = CrawlTotals()  # the crawl counters of this worker's ended shard crawls
         self.on_counters = on_counters
         self.lease = queue.lease_seconds
         self._children: list[_Child] = []
@@ -157,10 +186,12 @@ class ShardWorker:
             self.queue.ack(claim)  # committed before (its ack was lost with a worker): nothing to crawl
             return True
         attempt = new_attempt_id()
-        spec = write_spec(self._scratch, {**info.spec["settings"], **self.child_settings}, shard, attempt)
+        stats_file = self._scratch / f"{attempt}.stats.json"
+        settings = {**info.spec["settings"], **self.child_settings, "REFWATCH_STATS_FILE": str(stats_file)}
+        spec = write_spec(self._scratch, settings, shard, attempt)
         process = subprocess.Popen(child_command(spec), env=self.env, stdin=subprocess.DEVNULL)
         now = time.monotonic()
-        self._children.append(_Child(claim, attempt, process, now, now))
+        self._children.append(_Child(claim, attempt, process, now, now, stats_file))
         logger.info("worker %s: shard %s of run %s (delivery %d), attempt %s", self.consumer, claim.shard_id,
                     claim.run_id, claim.deliveries, attempt)
         return True
@@ -190,6 +221,7 @@ class ShardWorker:
             if code is None:
                 continue
             self._children.remove(child)
+            self._absorb(child)
             status = attempt_status(code)
             if code in (EXIT_COMMITTED, EXIT_LOST):
                 self._acks.append(child.claim)  # sent by the loop, again after a Redis outage if need be
@@ -200,6 +232,17 @@ class ShardWorker:
                 self.counters.attempts["failed"] += 1
                 logger.warning("worker %s: shard %s of run %s ended %s (exit %d); it will be claimed again",
                                self.consumer, child.claim.shard_id, child.claim.run_id, status, code)
+
+    def _absorb(self, child: _Child) -> None:
+        """An ended child's counters join the worker's totals (its work was done, committed or not)."""
+        self.finished.add_file(child.stats_file)
+        child.stats_file.unlink(missing_ok=True)
+
+    def crawl_totals(self) -> tuple[CrawlTotals, int]:
+        """This worker's crawl counters now (ended crawls plus running ones) and its requests in flight."""
+        totals = self.finished.copy()
+        inflight = sum(totals.add_file(child.stats_file) for child in list(self._children))
+        return totals, inflight
 
     def _send_acks(self) -> None:
         while self._acks:
@@ -237,6 +280,7 @@ class ShardWorker:
             child.process.kill()
             child.process.wait()
             self._children.remove(child)
+            self._absorb(child)
             self._discard(child)
 
     def _discard(self, child: _Child) -> None:
