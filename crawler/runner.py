@@ -252,7 +252,12 @@ def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int
     if len(plan.shards) < 2 or processes < 2:
         return None
     sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)
-    crawl_shards(plan, sharded.child_settings, processes=processes,
+    # One machine, no Redis: the per-host limit is split between the processes, so a host sees at most
+    # --per-host requests at once from all of them (at least one each: with --per-host below --processes,
+    # up to --processes). --concurrency stays per process: it is about this machine's CPU, not the host.
+    per_host = settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
+    child_settings = {**sharded.child_settings, "CONCURRENT_REQUESTS_PER_DOMAIN": max(1, per_host // processes)}
+    crawl_shards(plan, child_settings, processes=processes,
                  attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"))
     missing = missing_shards(plan, read_commits(run_store(run), run.run_id))
     if missing:

@@ -193,3 +193,22 @@ def test_redis_killed_and_restarted_mid_run(redis_server, web, tmp_path: Path) -
     redis_server.start()
     _finish([worker])
     _assert_complete(out, "redis-crash", 32)
+
+
+def test_a_worker_that_died_in_the_end_of_run_pass_is_replaced(redis_server, web, tmp_path: Path) -> None:
+    """The finalize lock is held by a worker that died (taken here and never released) and a crashed pass
+    left a stray part in outcomes/: after the lock's lease another worker finishes the run, once, whole."""
+    from crawler.coordination.shardqueue import ShardQueue
+
+    snapshot = _snapshot(web, tmp_path / "snap.parquet", 16)
+    out = tmp_path / "out"
+    _seed(redis_server.url, snapshot, out, "final")
+    queue = ShardQueue.from_url(redis_server.url, lease_seconds=float(LEASE))
+    assert queue.try_finalize("final", "a-dead-worker", float(LEASE))
+    stray = out / "runs" / "final" / "outcomes" / "part-s00009-00000.parquet"  # no such shard
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half of a part a crashed pass was copying")
+    logs = _finish([_worker(redis_server.url, "--processes", "2")])
+    _assert_complete(out, "final", 16)
+    assert "run final finished: 16 references" in logs[0]
+    assert queue.state("final") == "finished"
