@@ -26,3 +26,17 @@ def run_refwatch(*args: str, env: dict[str, str] | None = None, timeout: float =
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "crawler.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd or REPO_ROOT)
+
+
+def stop_process(process, timeout: float = 10.0) -> None:
+    """SIGTERM a child server, then SIGKILL it if it has not exited within ``timeout`` seconds."""
+    import subprocess
+
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
 
 def redis_server_path() -> str | None:
@@ -62,11 +62,5 @@ class RedisServer:
         self._proc = None
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
+        stop_process(self._proc)
         self._proc = None

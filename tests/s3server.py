@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
 #: Dummy credentials and region for every boto3 client of the tests and their child processes; instance
 #: metadata is off so a missing credential never makes boto3 look beyond loopback.
@@ -67,13 +67,7 @@ class MotoServer:
         raise RuntimeError(f"moto_server did not answer on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
+        stop_process(self._proc)
         self._proc = None
 
     def client(self) -> Any:
