@@ -12,15 +12,20 @@ references/s on 16 loopback hosts (bench/deadlink_bench.py; 286/s and half the C
   ~0.5 ms of CPU per connection less than ``HostnameEndpoint`` (which builds a class per ``connect``);
 * any other name keeps ``HostnameEndpoint`` (happy-eyeballs order kept) with a short ``ATTEMPT_DELAY``.
 
+A body that passes the size limit while it streams (chunked, or read until the connection closes) fails as
+``TooLargeError`` (outcome ``too_large``): Scrapy cancels it with an anonymous cancellation, which read as a
+connection error.
+
 Everything else is the stock handler's: TLS context factory (``wrapClientTLS``), proxies (their agents are
 Scrapy's, unchanged), maxsize/warnsize, dataloss, bindaddress, the connection pool and its settings.
 
 Private names relied on (checked against Scrapy 2.19 and Twisted 26.10): Scrapy's ``_ScrapyAgent`` (its
-``_get_agent`` and the attributes ``_contextFactory``, ``_bindAddress``, ``_pool``), ``_BindAddressAgent`` and
+``_get_agent`` and ``_cb_bodyready``, and the attributes ``_contextFactory``, ``_bindAddress``, ``_pool``), ``_BindAddressAgent`` and
 ``HTTP11DownloadHandler``'s attributes ``_pool``, ``_contextFactory``, ``_bind_address``, ``_default_maxsize``,
 ``_default_warnsize``, ``_fail_on_dataloss(_warned)``, ``_tls_verbose_logging``, ``_crawler``; Twisted's
 ``twisted.web.client._StandardEndpointFactory`` (its ``_reactor``, ``_policyForHTTPS``, ``_connectTimeout``,
-``_bindAddress``, the last two read by Scrapy's agents); and ``scrapy.resolver.dnscache`` (name -> address).
+``_bindAddress``, the last two read by Scrapy's agents); ``scrapy.resolver.dnscache`` (name -> address); and
+the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the body protocol it delivers to).
 ``download_request`` repeats the stock one's body because it names ``_ScrapyAgent`` directly.
 """
 
@@ -35,7 +40,9 @@ from scrapy.resolver import dnscache
 from scrapy.utils._download_handlers import get_dataloss_msg, normalize_bind_address, wrap_twisted_exceptions
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, _StandardEndpointFactory
 
 if TYPE_CHECKING:
@@ -74,7 +81,28 @@ class FastEndpointFactory(_StandardEndpointFactory):
         return endpoint
 
 
+class TooLargeError(Exception):
+    """A body that passed ``--max-bytes`` while it was being read (chunked, or read until the connection
+    closed): the outcome is ``too_large``, as for a ``Content-Length`` over the limit."""
+
+
 class FastScrapyAgent(_ScrapyAgent):
+    def _cb_bodyready(self, txresponse: Any, request: Request) -> Any:
+        """Scrapy's, except that a body cancelled for passing the size limit while it streamed fails as
+        ``TooLargeError`` instead of an anonymous cancellation (which reads as a connection error)."""
+        readers: list[Any] = []
+        deliver = txresponse.deliverBody
+
+        def deliver_and_keep(protocol: Any) -> None:
+            readers.append(protocol)
+            deliver(protocol)
+
+        txresponse.deliverBody = deliver_and_keep
+        result = super()._cb_bodyready(txresponse, request)
+        if isinstance(result, Deferred):
+            result.addErrback(_too_large, readers)
+        return result
+
     def _get_agent(self, request: Request, timeout: float) -> Agent:
         if request.meta.get("proxy"):
             return super()._get_agent(request, timeout)
@@ -83,6 +111,15 @@ class FastScrapyAgent(_ScrapyAgent):
         bindaddress = normalize_bind_address(request.meta.get("bindaddress") or self._bindAddress)
         endpoints = FastEndpointFactory(reactor, self._contextFactory, timeout, bindaddress)
         return _BindAddressAgent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+
+
+def _too_large(failure: Failure, readers: list[Any]) -> Failure:
+    """Turn the reader's own cancellation for size (``_bytes_received`` over ``_maxsize``) into TooLargeError."""
+    reader = readers[0] if readers else None
+    maxsize = getattr(reader, "_maxsize", 0)
+    if failure.check(CancelledError) and maxsize and getattr(reader, "_bytes_received", 0) > maxsize:
+        raise TooLargeError(f"body larger than download max size ({maxsize} bytes) while it was being read")
+    return failure
 
 
 class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
