@@ -121,3 +121,74 @@ def test_oversized_bodies_of_unknown_length_are_too_large(hostile: HostileServer
     assert "max size" in rows["chunked"]["error"] and rows["chunked"]["md5"] is None
     summary = json.loads((tmp_path / "out" / "runs" / "hostile" / "summary.json").read_text())
     assert summary["outcomes"]["too_large"] == 3
+
+
+class _LateFirstAnswer(socketserver.BaseRequestHandler):
+    """Keep-alive: the first request the server ever gets is answered late with image A (all of it after
+    ``delay``, or with ``server.head_first`` its head at once and its body after ``delay``); every other
+    request, on any connection, at once with image B."""
+
+    delay = 2.0
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(15)
+        buffered = b""
+        while True:
+            while b"\r\n\r\n" not in buffered:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                buffered += chunk
+            _, buffered = buffered.split(b"\r\n\r\n", 1)
+            server = self.server
+            with server.lock:  # type: ignore[attr-defined]
+                first = server.requests == 0  # type: ignore[attr-defined]
+                server.requests += 1  # type: ignore[attr-defined]
+            body = server.images["A" if first else "B"]  # type: ignore[attr-defined]
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n"
+                    b"Connection: keep-alive\r\n\r\n" % len(body))
+            try:
+                if first and server.head_first:  # type: ignore[attr-defined]
+                    sock.sendall(head + body[:10])
+                    threading.Event().wait(self.delay)
+                    sock.sendall(body[10:])
+                    continue
+                if first:
+                    threading.Event().wait(self.delay)
+                sock.sendall(head + body)
+            except OSError:
+                return
+
+
+@pytest.mark.parametrize("head_first", [False, True], ids=["late-head", "late-body"])
+def test_a_late_answer_to_a_timed_out_request_is_never_the_retry_s(tmp_path: Path, head_first: bool) -> None:
+    """The first attempt times out; its answer (image A) arrives late. The retry must get its own answer
+    (image B) or fail — never A's bytes, which a reused keep-alive connection would deliver."""
+    from crawler.hashing.digest import hash_bytes
+
+    images = {}
+    for name, colour in (("A", (200, 30, 30)), ("B", (30, 30, 200))):
+        out = io.BytesIO()
+        Image.new("RGB", (40, 40), colour).save(out, "PNG")
+        images[name] = out.getvalue()
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _LateFirstAnswer)
+    server.daemon_threads = True
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    server.requests = 0  # type: ignore[attr-defined]
+    server.images = images  # type: ignore[attr-defined]
+    server.head_first = head_first  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/img.png"
+        rows = _crawl(tmp_path, {"late": url}, "--timeout", "1", "--retries", "2", "--concurrency", "1",
+                      "--per-host", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    row = rows["late"]
+    assert server.requests >= 2  # type: ignore[attr-defined]  # the first attempt timed out and was retried
+    assert row["md5"] != hash_bytes(images["A"]).md5
+    assert row["outcome"] != "ok" or row["md5"] == hash_bytes(images["B"]).md5
