@@ -92,6 +92,7 @@ _EXCEPTION_RULES: tuple[tuple[Outcome, frozenset[str]], ...] = (
     (Outcome.BLOCKED_ADDRESS, frozenset({"BlockedAddressError"})),
     (Outcome.INVALID_URL, frozenset({"InvalidURLError", "UnsupportedURLSchemeError", "NotSupported"})),
     (Outcome.TOO_LARGE, frozenset({"TooLargeError", "_DecompressionMaxSizeExceeded"})),
+    (Outcome.HTTP_ERROR, frozenset({"ResponseHeadTooLarge"})),  # a head too big to read: a broken HTTP answer
     (Outcome.TLS_ERROR, frozenset({"SSLError", "TLSError", "CertificateError", "VerificationError"})),
     (Outcome.DNS_ERROR, frozenset({"CannotResolveHostError", "DNSLookupError", "gaierror"})),
     (Outcome.TIMEOUT, frozenset({"DownloadTimeoutError", "TimeoutError", "TCPTimedOutError", "UserTimeout"})),

@@ -69,6 +69,8 @@ CONCURRENT_REQUESTS_PER_DOMAIN = 8  # politeness: at most this many requests to 
 CONCURRENT_ITEMS = 1  # measured: 0.69 ms of Scrapy CPU per response at 1 vs 1.18 ms at the default 100
 DOWNLOAD_TIMEOUT = 30
 DOWNLOAD_MAXSIZE = 50 * 1024 * 1024  # --max-bytes; larger answers are too_large
+REFWATCH_MAX_HEAD_BYTES = 64 * 1024  # a response head (status and header lines) larger than this is http_error...
+REFWATCH_MAX_HEADER_LINES = 256  # ...and so is one with more header lines (Twisted bounds only each line)
 DOWNLOAD_WARNSIZE = 0
 DNS_TIMEOUT = 15
 REDIRECT_MAX_TIMES = 5
@@ -133,6 +135,8 @@ DOWNLOADER_MIDDLEWARES = {
     "middlewares.dns_verdict.DnsVerdictMiddleware": 85,
     "middlewares.address_guard.AddressGuardMiddleware": 90,
     "middlewares.backoff.HostBackoffMiddleware": 560,
+    # shared slots (REFWATCH_REDIS_URL): last before the download, first back, freed before Retry/Redirect re-ask
+    "middlewares.shared_politeness.SharedPolitenessMiddleware": 950,
     "middlewares.hashing.ImageHashMiddleware": 540,
 }
 
@@ -151,3 +155,11 @@ EXTENSIONS = {
     "crawler.extensions.summary.SummaryExtension": 510,
     "crawler.extensions.progress.ProgressExtension": 520,
 }
+
+# --- politeness shared by every worker of a crawl, through Redis (middlewares/shared_politeness.py) -------
+REFWATCH_REDIS_URL: str | None = None  # redis://HOST:PORT/DB the workers share; None: local per-host limits only
+REFWATCH_SHARED_PER_HOST: int | None = None  # in flight to a host, all workers; None: CONCURRENT_REQUESTS_PER_DOMAIN
+REFWATCH_POLITENESS_LEASE: float | None = None  # a dead worker's slots come back after it; None: DOWNLOAD_TIMEOUT+10
+REFWATCH_POLITENESS_SCOPE: str | None = None  # who shares limits: None: the run's workers; a name: all runs using it
+REFWATCH_POLITENESS_POLL_MAX = 0.25  # longest pause between two tries at a full host (from 0.05 s, doubling, jitter)
+REFWATCH_POLITENESS_RETRY_REDIS = 10.0  # after Redis fails to answer: seconds on local limits alone, then try again

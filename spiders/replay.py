@@ -156,10 +156,7 @@ class ReplaySpider(scrapy.Spider):
         request: Request = failure.request  # type: ignore[attr-defined]
         ref: Reference = request.meta[REFERENCE_META]
         exc = failure.value
-        causes = [getattr(r, "value", r) for r in getattr(exc, "reasons", ()) or ()]
-        if exc.__cause__ is not None:
-            causes.append(exc.__cause__)
-        outcome = outcome_for_exception(exc, causes)
+        outcome = outcome_for_exception(exc, _causes(exc))
         return self._row(
             ref,
             outcome,
@@ -183,6 +180,22 @@ class ReplaySpider(scrapy.Spider):
             recorded_phash=ref.recorded_phash,
             **fields,
         )
+
+
+def _causes(exc: BaseException, depth: int = 4) -> list[BaseException]:
+    """The errors wrapped in ``exc``: Twisted's ``ResponseFailed.reasons`` and ``__cause__``, a few levels deep
+    (Scrapy wraps a ``ResponseFailed`` in ``DownloadFailedError``; the reason that names the outcome is inside)."""
+    found: list[BaseException] = []
+    layer = [exc]
+    for _ in range(depth):
+        inner: list[BaseException] = []
+        for error in layer:
+            inner += [getattr(r, "value", r) for r in getattr(error, "reasons", ()) or ()]
+            if error.__cause__ is not None:
+                inner.append(error.__cause__)
+        found += inner
+        layer = inner
+    return found
 
 
 def _apply_digest(item: OutcomeItem, digest: Digest) -> None:

@@ -69,6 +69,20 @@ class _Handler(socketserver.BaseRequestHandler):
                      b"%x\r\n" % (1 << 48))
         self._stream(sock, chunked=False)
 
+    @staticmethod
+    def _header_lines(sock: socket.socket, line: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n")
+        sent = 0
+        while sent < STREAM_LIMIT:
+            sock.sendall(line * 64)
+            sent += len(line) * 64
+
+    def _many_headers(self, sock: socket.socket) -> None:
+        self._header_lines(sock, b"X-Filler: 1\r\n")
+
+    def _long_headers(self, sock: socket.socket) -> None:
+        self._header_lines(sock, b"X-Filler: " + b"a" * 8000 + b"\r\n")
+
     def _small_chunked(self, sock: socket.socket) -> None:
         body = _png()
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
@@ -192,3 +206,14 @@ def test_a_late_answer_to_a_timed_out_request_is_never_the_retry_s(tmp_path: Pat
     assert server.requests >= 2  # type: ignore[attr-defined]  # the first attempt timed out and was retried
     assert row["md5"] != hash_bytes(images["A"]).md5
     assert row["outcome"] != "ok" or row["md5"] == hash_bytes(images["B"]).md5
+
+
+def test_an_endless_response_head_is_cut_short(hostile: HostileServer, tmp_path: Path) -> None:
+    """Header lines streamed without end (many short ones, or fewer long ones): http_error with a clear
+    error after the head limit, not a crawl that reads headers until its timeout."""
+    rows = _crawl(tmp_path, {"many": hostile.url("/many-headers"), "long": hostile.url("/long-headers"),
+                             "small": hostile.url("/small-chunked")}, "--timeout", "20")
+    assert {ref: row["outcome"] for ref, row in rows.items()} == {"many": "http_error", "long": "http_error",
+                                                                  "small": "ok"}
+    assert "response head over" in rows["many"]["error"] and "response head over" in rows["long"]["error"]
+    assert rows["many"]["elapsed_ms"] is None or rows["many"]["elapsed_ms"] < 10_000

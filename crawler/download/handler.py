@@ -32,6 +32,7 @@ the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the bo
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler, _BindAddressAgent, _ScrapyAgent
@@ -43,7 +44,8 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, _StandardEndpointFactory
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
+from twisted.web.client import URI, Agent, _HTTP11ClientFactory, _StandardEndpointFactory
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -79,6 +81,62 @@ class FastEndpointFactory(_StandardEndpointFactory):
         if uri.scheme == b"https":  # TLS (SNI, verification) on the name, whatever address is dialled
             return wrapClientTLS(self._policyForHTTPS.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
+
+
+#: A response head larger than this (status line and header lines, bytes) or with more header lines fails:
+#: Twisted bounds each line (16 KiB) but not how many come, and a server can stream them for the whole timeout.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADER_LINES = 256
+
+
+class ResponseHeadTooLarge(Exception):
+    """The server sent more response head (bytes or header lines) than refwatch reads: outcome ``http_error``."""
+
+
+class BoundedHTTP11ClientProtocol(HTTP11ClientProtocol):
+    """Twisted's client protocol, with the response head it parses bounded in bytes and header lines."""
+
+    def __init__(self, quiescentCallback: Any, max_head_bytes: int, max_header_lines: int) -> None:
+        super().__init__(quiescentCallback)
+        self._max_head_bytes = max_head_bytes
+        self._max_header_lines = max_header_lines
+
+    def request(self, request: Any) -> Any:
+        result = super().request(request)
+        parser = self._parser
+        if parser is not None:  # None when the request could not be sent (Twisted failed it already)
+            _bound_head(parser, self._max_head_bytes, self._max_header_lines)
+        return result
+
+
+def _bound_head(parser: Any, max_bytes: int, max_lines: int) -> None:
+    """Count the parser's head lines (status and headers; the body is read raw, not by line) and fail the
+    response once it has had too many: the exception ends the request (``HTTP11ClientProtocol.dataReceived``
+    gives up with it) and the connection is closed, not reused."""
+    seen = [0, 0]  # bytes, lines
+    line_received = parser.lineReceived
+
+    def counted(line: bytes) -> None:
+        if parser.state in (STATUS, HEADER):
+            seen[0] += len(line) + 2
+            seen[1] += 1
+            if seen[0] > max_bytes or seen[1] > max_lines + 1:
+                raise ResponseHeadTooLarge(f"response head over {max_bytes} bytes or {max_lines} header lines")
+        line_received(line)
+
+    parser.lineReceived = counted
+
+
+class BoundedClientFactory(_HTTP11ClientFactory):
+    """The connection pool's protocol factory, building ``BoundedHTTP11ClientProtocol``."""
+
+    def __init__(self, quiescentCallback: Any, metadata: Any, *, max_head_bytes: int = MAX_HEAD_BYTES,
+                 max_header_lines: int = MAX_HEADER_LINES) -> None:
+        super().__init__(quiescentCallback, metadata)
+        self._limits = (max_head_bytes, max_header_lines)
+
+    def buildProtocol(self, addr: Any) -> BoundedHTTP11ClientProtocol:
+        return BoundedHTTP11ClientProtocol(self._quiescentCallback, *self._limits)
 
 
 class TooLargeError(Exception):
@@ -123,6 +181,12 @@ def _too_large(failure: Failure, readers: list[Any]) -> Failure:
 
 
 class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
+    def __init__(self, crawler: Any) -> None:
+        super().__init__(crawler)
+        limits = {"max_head_bytes": crawler.settings.getint("REFWATCH_MAX_HEAD_BYTES", MAX_HEAD_BYTES),
+                  "max_header_lines": crawler.settings.getint("REFWATCH_MAX_HEADER_LINES", MAX_HEADER_LINES)}
+        self._pool._factory = partial(BoundedClientFactory, **limits)
+
     async def download_request(self, request: Request) -> Response:
         spider: Any = self._crawler.spider
         agent = FastScrapyAgent(
