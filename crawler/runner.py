@@ -54,14 +54,14 @@ def check_inputs(settings: Settings) -> None:
     from crawler.storage.remote import check_remote, is_remote
     from crawler.storage.base import StoreError
     from crawler.storage.factory import store_options
-
     hashes = check_hashes(settings.getlist("REFWATCH_HASHES"), settings.getbool("REFWATCH_PDQ_DIHEDRAL"))
     settings.set("REFWATCH_HASHES", list(hashes), priority="cmdline")
+    inputs = use_s3_inputs(settings)
     try:
         for path in settings.getlist("REFWATCH_SNAPSHOTS"):
             open_snapshot(path)
         lists = load_hashlists(settings.getlist("REFWATCH_HASHLISTS"), settings.get("REFWATCH_HASHLIST_ALGORITHM"),
-                               skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"))
+                               skip_bad_lines=settings.getbool("REFWATCH_HASHLIST_SKIP_BAD_LINES"), remote=inputs)
         settings.set("REFWATCH_LOADED_HASHLISTS", lists, priority="cmdline")
         for hashlist in lists:
             missing = [a for a in hashlist.algorithms if a not in hashes]
@@ -78,6 +78,17 @@ def check_inputs(settings: Settings) -> None:
             queue.close()
     except (SnapshotError, HashListError, QueueError, StoreError) as exc:
         raise InputError(str(exc)) from exc
+
+
+def use_s3_inputs(settings: Settings) -> Any:
+    """This process's access to ``s3://`` snapshots and hash lists (endpoint, input cache). The spider opens
+    snapshots by name, so the readers get it as the process's default (``crawler/readers/remote.py``)."""
+    from crawler.readers.remote import use_remote_snapshots
+    from crawler.storage.inputs import inputs_from_settings
+
+    inputs = inputs_from_settings(settings)
+    use_remote_snapshots(inputs.snapshots())
+    return inputs
 
 
 def check_hashes(names: list[str], pdq_dihedral: bool) -> tuple[str, ...]:
@@ -128,6 +139,7 @@ def prepare_recheck(settings: Settings) -> None:
 
 def run_crawl(settings: Settings) -> CrawlResult:
     """Replay the snapshots named in ``settings``; blocks until the crawl ends (one per process)."""
+    use_s3_inputs(settings)  # a re-check describes its s3:// snapshots before the inputs are checked
     if settings.get("REFWATCH_RECHECK_RUN"):
         prepare_recheck(settings)
     if not settings.getlist("REFWATCH_SNAPSHOTS"):
@@ -186,7 +198,9 @@ def plan_run(settings: Settings, shard_size: int) -> tuple[Any, Any, list[str]]:
     """The run's outputs and its plan (cheap: Parquet footers and file names); bad snapshots are InputError."""
     from crawler.references import SnapshotError
     from crawler.shards.plan import plan_shards
+    from crawler.storage.base import StoreError
 
+    use_s3_inputs(settings)  # s3:// snapshots: footers by ranged reads
     if settings.get("REFWATCH_RECHECK_RUN"):
         prepare_recheck(settings)
     snapshots = settings.getlist("REFWATCH_SNAPSHOTS")
@@ -196,7 +210,7 @@ def plan_run(settings: Settings, shard_size: int) -> tuple[Any, Any, list[str]]:
                       settings)
     try:
         plan = plan_shards(run.run_id, snapshots, shard_size)
-    except (SnapshotError, ValueError) as exc:
+    except (SnapshotError, StoreError, ValueError) as exc:
         raise InputError(str(exc)) from exc
     return run, plan, snapshots
 

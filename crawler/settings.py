@@ -49,6 +49,7 @@ REFWATCH_SHARD: dict[str, object] = {}
 REFWATCH_SHARD_ATTEMPT = ""
 REFWATCH_SHARD_ATTEMPTS = 3  # a shard whose child crawl fails is tried this many times before the run fails
 REFWATCH_STATS_FILE: str | None = None  # a shard crawl writes its counters here for its worker's /metrics
+REFWATCH_INPUT_CACHE: str | None = None  # s3:// snapshots and lists are cached here (default <tmp>/refwatch-inputs)
 REFWATCH_PLACEHOLDERS: str | None = None  # your known placeholder list (kind,value lines) beside the shipped one
 REFWATCH_PLACEHOLDER_MIN_URLS = 20  # one content served for this many distinct URLs of one domain: placeholder
 REFWATCH_PLACEHOLDER_MIN_REDIRECTS = 20  # this many distinct URLs of one domain redirected to one URL: placeholder

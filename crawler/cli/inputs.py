@@ -20,6 +20,8 @@ def add_input_commands(commands: Any) -> None:
     refs.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
     refs.add_argument("--json", action="store_true", help="JSON Lines instead of tab-separated text")
     refs.add_argument("--limit", type=int, default=None, help="stop after N references")
+    refs.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                      help="S3-compatible endpoint for s3:// snapshots (default: boto3's, e.g. AWS_ENDPOINT_URL)")
 
     hash_ = commands.add_parser("hash", help="hash local image files as the crawl does")
     hash_.add_argument("files", nargs="+", metavar="FILE")
@@ -32,9 +34,12 @@ def add_input_commands(commands: Any) -> None:
 
 def cmd_refs(args: argparse.Namespace) -> int:
     from crawler.readers import iter_references
+    from crawler.storage.inputs import configure_inputs
 
     count = 0
-    for ref in iter_references(args.snapshots):
+    # s3:// snapshots: Parquet by ranged reads, other formats through the input cache (REFWATCH_INPUT_CACHE)
+    remote = configure_inputs(args.s3_endpoint_url).snapshots()
+    for ref in iter_references(args.snapshots, remote=remote):
         if args.limit is not None and count >= args.limit:
             break
         count += 1

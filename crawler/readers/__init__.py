@@ -6,6 +6,11 @@ missing file, a file that is not what its name says or a table without a URL col
 the file before any crawl starts; iterating then streams in flat memory. Damage found while streaming skips
 the record and calls ``on_bad_record(path, line_or_offset, reason)`` (or logs a warning) instead of raising.
 
+A snapshot may also be an ``s3://BUCKET/KEY`` URL, opened through a ``RemoteSnapshots`` the caller passes in
+(or the one installed for the process; ``readers/remote.py``): Parquet with ranged reads, the other formats
+from a local copy. Messages and bad-record reports name the URL, and ids are those of a local file of the
+same name.
+
 Nothing here imports Scrapy or Twisted: the replay spider only turns these references into requests.
 """
 
@@ -17,10 +22,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from crawler.readers.base import BadRecordHandler, SnapshotReader, check_file, snapshot_error
+from crawler.readers.remote import REMOTE_SCHEMES, RemoteSnapshots, installed_remote_snapshots, url_scheme
 from crawler.references import Reference, SnapshotError
 
 __all__ = [
     "BadRecordHandler",
+    "RemoteSnapshots",
     "Snapshot",
     "SnapshotError",
     "SnapshotFormat",
@@ -83,7 +90,7 @@ class Snapshot:
 
     __slots__ = ("path", "format", "_reader")
 
-    def __init__(self, path: Path, format: SnapshotFormat, reader: SnapshotReader) -> None:  # noqa: A002
+    def __init__(self, path: Path | str, format: SnapshotFormat, reader: SnapshotReader) -> None:  # noqa: A002
         self.path = path
         self.format = format
         self._reader = reader
@@ -112,45 +119,92 @@ class Snapshot:
         return f"Snapshot({str(self.path)!r}, format={self.format.value!r}, total={self.total!r})"
 
 
-def open_snapshot(path: str | Path, *, on_bad_record: BadRecordHandler | None = None) -> Snapshot:
-    """Open and validate one snapshot; SnapshotError (one line naming the file) if it cannot be read."""
+def open_snapshot(path: str | Path, *, on_bad_record: BadRecordHandler | None = None,
+                  remote: RemoteSnapshots | None = None) -> Snapshot:
+    """Open and validate one snapshot; SnapshotError (one line naming the file) if it cannot be read.
+
+    ``path`` is a local path or an ``s3://BUCKET/KEY`` URL, read through ``remote`` (default: the one
+    installed for the process with ``readers.remote.use_remote_snapshots``)."""
     fmt, gzipped = _parse_name(path)
+    scheme = url_scheme(path)
+    if scheme is not None:
+        if scheme not in REMOTE_SCHEMES:
+            raise snapshot_error(path, f"unsupported URL scheme {scheme!r}: a snapshot is a local path or "
+                                       f"s3://BUCKET/KEY")
+        return _open_remote(str(path), fmt, gzipped, on_bad_record, remote or installed_remote_snapshots())
     file = Path(path)
     check_file(file)
-    reader: SnapshotReader
-    # Readers are imported here so that reading a CSV never pays for importing pyarrow or warcio.
-    if fmt is SnapshotFormat.PARQUET:
-        from crawler.readers.parquet import ParquetReader
-
-        reader = ParquetReader(file, on_bad_record)
-    elif fmt in (SnapshotFormat.CSV, SnapshotFormat.TSV):
-        from crawler.readers.delimited import DelimitedReader
-
-        reader = DelimitedReader(file, fmt.value, gzipped, on_bad_record)
-    elif fmt is SnapshotFormat.JSONL:
-        from crawler.readers.jsonlines import JsonLinesReader
-
-        reader = JsonLinesReader(file, gzipped, on_bad_record)
-    elif fmt is SnapshotFormat.WAT:
-        from crawler.readers.wat import WatReader
-
-        reader = WatReader(file, gzipped, on_bad_record)
-    else:
-        from crawler.readers.warc import WarcReader
-
-        reader = WarcReader(file, gzipped, on_bad_record)
+    reader = _reader(file, fmt, gzipped, on_bad_record)
     logger.debug("opened %s snapshot %s", fmt.value, file)
     return Snapshot(file, fmt, reader)
 
 
+def _reader(file: Path, fmt: SnapshotFormat, gzipped: bool, on_bad_record: BadRecordHandler | None) -> SnapshotReader:
+    # Readers are imported here so that reading a CSV never pays for importing pyarrow or warcio.
+    if fmt is SnapshotFormat.PARQUET:
+        from crawler.readers.parquet import ParquetReader
+
+        return ParquetReader(file, on_bad_record)
+    if fmt in (SnapshotFormat.CSV, SnapshotFormat.TSV):
+        from crawler.readers.delimited import DelimitedReader
+
+        return DelimitedReader(file, fmt.value, gzipped, on_bad_record)
+    if fmt is SnapshotFormat.JSONL:
+        from crawler.readers.jsonlines import JsonLinesReader
+
+        return JsonLinesReader(file, gzipped, on_bad_record)
+    if fmt is SnapshotFormat.WAT:
+        from crawler.readers.wat import WatReader
+
+        return WatReader(file, gzipped, on_bad_record)
+    from crawler.readers.warc import WarcReader
+
+    return WarcReader(file, gzipped, on_bad_record)
+
+
+def _open_remote(url: str, fmt: SnapshotFormat, gzipped: bool, on_bad_record: BadRecordHandler | None,
+                 remote: RemoteSnapshots | None) -> Snapshot:
+    """A snapshot at ``url``: Parquet through ranged reads, any other format from a local copy of it."""
+    if remote is None:
+        raise snapshot_error(url, "an s3:// snapshot needs S3 access, which this command does not set up")
+    reader: SnapshotReader
+    source: RemoteSnapshots = remote
+    if fmt is SnapshotFormat.PARQUET:
+        from crawler.readers.parquet import ParquetReader
+
+        reader = ParquetReader(url, on_bad_record, opener=lambda: source.open_ranged(url))
+    else:
+        local = source.local_copy(url)
+        # The copy's path would otherwise appear in messages and bad-record reports: they name the URL.
+        try:
+            reader = _reader(local, fmt, gzipped, _renamed(on_bad_record, url))
+        except SnapshotError as exc:
+            raise SnapshotError(str(exc).replace(str(local), url)) from None
+    logger.debug("opened %s snapshot %s", fmt.value, url)
+    return Snapshot(url, fmt, reader)
+
+
+def _renamed(handler: BadRecordHandler | None, url: str) -> BadRecordHandler:
+    """``handler`` told ``url`` instead of the local copy's path (or a warning naming ``url``)."""
+
+    def report(_path: str, where: int, reason: str) -> None:
+        if handler is not None:
+            handler(url, where, reason)
+        else:
+            logger.warning("%s: skipped a bad record at %d: %s", url, where, reason)
+
+    return report
+
+
 def iter_references(
-    paths: Iterable[str | Path], on_bad_record: BadRecordHandler | None = None
+    paths: Iterable[str | Path], on_bad_record: BadRecordHandler | None = None, *,
+    remote: RemoteSnapshots | None = None,
 ) -> Iterator[Reference]:
     """The references of several snapshots in order; all are validated before the first is read.
 
     Validation happens at the call, not at the first ``next()``, so bad input fails before a crawl starts.
     """
-    snapshots = [open_snapshot(path, on_bad_record=on_bad_record) for path in paths]
+    snapshots = [open_snapshot(path, on_bad_record=on_bad_record, remote=remote) for path in paths]
     return _chain(snapshots)
 
 

@@ -47,7 +47,7 @@ def snapshot_error(path: str | os.PathLike[str], reason: str) -> SnapshotError:
 class BadRecords:
     """Reports skipped records of one file to the caller's handler, or logs one warning per record."""
 
-    def __init__(self, path: Path, handler: BadRecordHandler | None, unit: str) -> None:
+    def __init__(self, path: Path | str, handler: BadRecordHandler | None, unit: str) -> None:
         self.path = str(path)
         self._handler = handler
         self._unit = unit  # "line", "offset" or "row": only for the log message

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 from crawler.readers.base import snapshot_error
@@ -47,7 +47,7 @@ class Columns:
         return list(dict.fromkeys(name for name in found if name is not None))
 
 
-def find_columns(path: Path, names: Sequence[str]) -> Columns:
+def find_columns(path: Path | str, names: Sequence[str]) -> Columns:
     """Map the table's column ``names`` to meanings; SnapshotError listing the columns if there is no URL."""
     by_lower: dict[str, str] = {}
     for name in names:
@@ -77,8 +77,8 @@ def find_columns(path: Path, names: Sequence[str]) -> Columns:
 class RowMapper:
     """Turns the cells of one table row into a ``Reference``; one per iteration of one file."""
 
-    def __init__(self, path: Path) -> None:
-        self._file_name = path.name
+    def __init__(self, path: Path | str) -> None:
+        self._file_name = PurePath(path).name  # a URL's too: s3://bucket/dir/a.parquet -> a.parquet
         self.hashes = HashCells(path)
 
     def fallback_id(self, row: int) -> str:
@@ -113,7 +113,7 @@ class RowMapper:
 class HashCells:
     """Normalises recorded-hash cells, warning once per column about values that are not hex."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self._path = path
         self._warned: set[str] = set()
 

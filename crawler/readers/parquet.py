@@ -3,14 +3,20 @@
 Only the columns a reference needs are read, one row group at a time in batches of ``BATCH_ROWS`` with
 pyarrow's buffered (not pre-buffered) reads, so a multi-million-row file iterates in flat memory. A row group
 that fails to decode is reported as one bad record and skipped; the next row group is still readable.
+
+A file on S3 is read through the file object ``opener`` gives (``readers/remote.py``), whose reads are ranged
+GETs: the footer (pyarrow reads its last 64 KiB), then about one GET per column chunk read (more for a chunk
+over the 1 MiB buffer), so a shard fetches its own row groups' columns and never the rows before it. Such a
+file's own failures (S3 unreachable mid-read) are not ``OSError``: they end the iteration instead of being
+taken for a damaged row group, so a shard is tried again rather than committed short.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,14 +33,20 @@ _READ_BUFFER: Final = 1 << 20  # stream column chunks through a 1 MiB buffer ins
 
 
 class ParquetReader:
-    """A validated Parquet snapshot: the footer is read and the URL column found when it is built."""
+    """A validated Parquet snapshot: the footer is read and the URL column found when it is built.
 
-    def __init__(self, path: Path, on_bad_record: BadRecordHandler | None = None) -> None:
+    ``path`` names the file (a local path, or a URL when ``opener`` gives a file object to read it through)."""
+
+    def __init__(self, path: Path | str, on_bad_record: BadRecordHandler | None = None, *,
+                 opener: Callable[[], Any] | None = None) -> None:
         self.path = path
+        self._opener = opener
         self._on_bad_record = on_bad_record
+        self._metadata: pq.FileMetaData | None = None
         with self._open() as pf:
             self._total = pf.metadata.num_rows
             names = [field.name for field in pf.schema_arrow]
+            self._metadata = pf.metadata  # later opens reuse the footer instead of reading it again
         self._columns = find_columns(path, names)
 
     @property
@@ -42,8 +54,9 @@ class ParquetReader:
         return self._total
 
     def _open(self) -> pq.ParquetFile:
+        source = self.path if self._opener is None else self._opener()
         try:
-            return pq.ParquetFile(self.path, buffer_size=_READ_BUFFER, pre_buffer=False)
+            return pq.ParquetFile(source, metadata=self._metadata, buffer_size=_READ_BUFFER, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise snapshot_error(self.path, f"is not a readable Parquet file: {exc}") from None
 

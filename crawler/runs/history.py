@@ -3,8 +3,11 @@
 ``<out>/runs/<run_id>/manifest.json`` records what a run replayed (each snapshot file's path, size and
 sha256), its parameters, its start and end and its status. Runs whose snapshot files have the same
 checksums form a series, whatever the files are called or wherever they lie, so a snapshot copied to
-another machine continues its series. The attrition report, drift and placeholder detection read the
-history through here.
+another machine continues its series. A snapshot on S3 is described by what S3 says without reading it
+(its ETag and size, ``"checksum": "s3-etag"`` in its entry, ``sha256`` null): the same object keeps its
+series; a local copy of it is another series (its checksum is a sha256), and so may be the same bytes
+uploaded again (a multipart upload's ETag depends on its part size). The attrition report, drift and
+placeholder detection read the history through here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from crawler.storage.inputs import default_inputs, is_s3_url
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT: Final = "refwatch-run"
@@ -30,7 +35,15 @@ _CHUNK: Final = 1 << 20
 class SnapshotFile:
     path: str
     size: int
-    sha256: str
+    sha256: str | None  # None for an object on S3, which is named by its ETag instead
+    etag: str | None = None
+
+    @property
+    def checksum(self) -> str:
+        """What names this file's content in a series id: its sha256, or an S3 object's ETag and size."""
+        if self.sha256 is not None:
+            return self.sha256
+        return f"s3-etag:{self.etag}:{self.size}"
 
 
 @dataclass(slots=True)
@@ -62,8 +75,7 @@ class Manifest:
             if data.get("format") != MANIFEST_FORMAT or data.get("version") != MANIFEST_VERSION:
                 raise ValueError("not a refwatch run manifest of version 1")
             return cls(run_id=str(data["run_id"]), series=str(data["series"]),
-                       snapshots=[SnapshotFile(str(s["path"]), int(s["size"]), str(s["sha256"]))
-                                  for s in data["snapshots"]],
+                       snapshots=[_snapshot_file(s) for s in data["snapshots"]],
                        started_at=str(data["started_at"]), parameters=dict(data.get("parameters") or {}),
                        finished_at=data.get("finished_at"), status=str(data.get("status", "running")),
                        recheck_of=data.get("recheck_of"), only=data.get("only"))
@@ -72,13 +84,31 @@ class Manifest:
 
 
 def vars_of(snapshot: SnapshotFile) -> dict[str, Any]:
+    if snapshot.sha256 is None:
+        return {"path": snapshot.path, "size": snapshot.size, "sha256": None, "etag": snapshot.etag,
+                "checksum": S3_CHECKSUM}
     return {"path": snapshot.path, "size": snapshot.size, "sha256": snapshot.sha256}
 
 
-def describe_snapshots(paths: Iterable[str | os.PathLike[str]]) -> list[SnapshotFile]:
-    """Each snapshot file's absolute path, size and sha256 (read once, in 1 MiB chunks)."""
+#: A manifest entry's ``checksum`` for an S3 object: its ETag and size, as S3 gave them (the object not read).
+S3_CHECKSUM: Final = "s3-etag"
+
+
+def _snapshot_file(entry: dict[str, Any]) -> SnapshotFile:
+    if entry.get("checksum") == S3_CHECKSUM:
+        return SnapshotFile(str(entry["path"]), int(entry["size"]), None, str(entry["etag"]))
+    return SnapshotFile(str(entry["path"]), int(entry["size"]), str(entry["sha256"]))
+
+
+def describe_snapshots(paths: Iterable[str | os.PathLike[str]], *, inputs: Any = None) -> list[SnapshotFile]:
+    """Each snapshot file's absolute path, size and sha256 (read once, in 1 MiB chunks); for an ``s3://``
+    URL, its ETag and size from one HEAD through ``inputs`` (an ``S3Inputs``; default: the process's)."""
     described = []
     for path in paths:
+        if is_s3_url(path):
+            stat = (inputs or default_inputs()).stat(str(path))
+            described.append(SnapshotFile(str(path), stat.size, None, stat.etag))
+            continue
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK):
@@ -89,7 +119,7 @@ def describe_snapshots(paths: Iterable[str | os.PathLike[str]]) -> list[Snapshot
 
 def series_id(snapshots: Sequence[SnapshotFile]) -> str:
     """The series a set of snapshot files belongs to: a digest of their checksums (order and names ignored)."""
-    joined = "\n".join(sorted(s.sha256 for s in snapshots))
+    joined = "\n".join(sorted(s.checksum for s in snapshots))
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
