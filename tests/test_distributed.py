@@ -148,17 +148,34 @@ def test_seeding_again_enqueues_only_shards_without_a_commit(redis_server, web, 
 
 
 def test_a_killed_worker_s_shard_is_taken_over(redis_server, web, tmp_path: Path) -> None:
-    """SIGKILL of a worker and its shard crawl mid-shard: after the lease another worker crawls it again."""
+    """SIGKILL of a worker and its shard crawl mid-shard (its parts written, no commit): after the lease
+    another worker crawls the shard again; every reference is one row and every match one event id, even
+    where both attempts published it."""
+    from crawler.hashing.digest import hash_bytes
+
     snapshot = _snapshot(web, tmp_path / "snap.parquet", 32, slow_every=3)
+    listed = [1, 2, 4, 7, 10, 11, 25, 26]  # plain images of _snapshot, in several shards
+    hashlist = tmp_path / "known.csv"
+    md5s = {hash_bytes(web.image_bytes(i)).md5 for i in listed}
+    hashlist.write_text("algorithm,hash,id,label\n" + "".join(
+        f"md5,{md5},e{n},synthetic\n" for n, md5 in enumerate(sorted(md5s))), encoding="utf-8")
     out = tmp_path / "out"
-    _seed(redis_server.url, snapshot, out, "killed")
+    _seed(redis_server.url, snapshot, out, "killed", 8, "--hashlist", f"known={hashlist}")
     victim = _worker(redis_server.url, "--processes", "2")
     _wait_for(lambda: _attempt_rows_started(out, "killed"), 60, "the first worker to write rows")
     _kill_group(victim)
     survivor = _worker(redis_server.url, "--processes", "2")
     logs = _finish([survivor])
-    _assert_complete(out, "killed", 32)
+    rows = _assert_complete(out, "killed", 32)
     assert "delivery 2" in logs[0]  # it took over a shard of the dead worker
+    matched = {r["ref_id"] for r in rows.to_pylist() if r["matched"]}
+    assert matched == {r["ref_id"] for r in rows.to_pylist() if r["md5"] in md5s} >= {str(i) for i in listed}
+    drained = run_refwatch("queue", "drain", "--queue", f"file://{out}/queue", "--json")
+    events = [json.loads(line) for line in drained.stdout.splitlines()]
+    md5_events = [e for e in events if e["algorithm"] == "md5"]
+    assert {e["ref_id"] for e in md5_events} == matched
+    # one id per match: a match published by both attempts has one event id (consumers dedupe by it)
+    assert len({e["event_id"] for e in md5_events}) == len(matched)
 
 
 def test_a_paused_worker_past_its_lease_commits_nothing_twice(redis_server, web, tmp_path: Path) -> None:
