@@ -88,7 +88,7 @@ REACTOR_THREADPOOL_MAXSIZE = 20  # DNS look-ups
 # crawl_bench --flat-memory). Linux only, as refwatch's deployment is.
 TWISTED_REACTOR = "twisted.internet.epollreactor.EPollReactor"
 # Scrapy's caching threaded resolver, plus: NXDOMAIN raises its own error (never retried, see
-# middlewares/dns_verdict.py) and is cached too, bounded by DNSCACHE_SIZE like Scrapy's positive cache.
+# middlewares/address_guard.py) and is cached too, bounded by DNSCACHE_SIZE like Scrapy's positive cache.
 TWISTED_DNS_RESOLVER = "middlewares.resolver.RefwatchResolver"
 # Twisted's 0.3 s connection attempt delay paced refused connections: 65 -> 286 refs/s (bench/deadlink_bench.py).
 DOWNLOAD_HANDLERS = {"http": "crawler.download.handler.FastHTTP11DownloadHandler",
@@ -122,8 +122,9 @@ TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
 # Downloader middleware order (process_response runs from high numbers to low):
-# - the DNS verdict (85) resolves first, so a name that does not exist is one attempt, never retried;
-# - the address guard (90) runs before robots.txt (100), so a refused host is never contacted at all;
+# - the address guard (90) resolves first, once: a name that does not exist is one attempt, never retried, and
+#   a refused address fails before robots.txt (100), so a refused host is never contacted at all (it replaces
+#   the DNS verdict that resolved at 85; the download handler checks again the address it dials);
 # - host back-off (560) sees a 429/503 before RetryMiddleware (550) re-schedules it, so the retry waits;
 # - hashing (540) sees bodies after HttpCompressionMiddleware (590) decompressed them and after
 #   RetryMiddleware (550) took what it will retry, so it hashes final answers only.
@@ -133,7 +134,6 @@ DOWNLOADER_MIDDLEWARES = {
     # DefaultHeaders, UserAgent, HttpProxy and DownloadTimeout stay: they change what is sent.
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
-    "middlewares.dns_verdict.DnsVerdictMiddleware": 85,
     "middlewares.address_guard.AddressGuardMiddleware": 90,
     "middlewares.backoff.HostBackoffMiddleware": 560,
     # shared slots (REFWATCH_REDIS_URL): last before the download, first back, freed before Retry/Redirect re-ask
@@ -164,3 +164,10 @@ REFWATCH_POLITENESS_LEASE: float | None = None  # a dead worker's slots come bac
 REFWATCH_POLITENESS_SCOPE: str | None = None  # who shares limits: None: the run's workers; a name: all runs using it
 REFWATCH_POLITENESS_POLL_MAX = 0.25  # longest pause between two tries at a full host (from 0.05 s, doubling, jitter)
 REFWATCH_POLITENESS_RETRY_REDIS = 10.0  # after Redis fails to answer: seconds on local limits alone, then try again
+
+# --- the address allow-list (crawler/addresses.py; checked by the address guard and where the handler dials) ---
+# Networks fetched even though they are not public (loopback, private, link-local...), e.g. ["10.20.0.0/16",
+# "fd00:1::/64"]: an intranet mirror of a dataset. Everything else non-public stays blocked_address.
+# REFWATCH_ALLOW_PRIVATE_NETWORKS (above) allows every address instead.
+REFWATCH_ALLOW_NETWORKS: list[str] = []
+

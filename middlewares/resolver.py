@@ -5,7 +5,12 @@ does not exist (NXDOMAIN) and a resolver that did not answer (SERVFAIL, a timeou
 were retried. Here a definitive answer raises ``NoSuchHostError`` (still a ``DNSLookupError``, so Scrapy and
 the outcome rules see a DNS error) and is remembered in a bounded negative cache: a dead domain that a
 snapshot references a thousand times costs one lookup, not three thousand (Scrapy caches only successes).
+An IP literal is answered as itself, without a look-up (``gethostbyname`` cannot parse an IPv6 one).
 Wired with ``TWISTED_DNS_RESOLVER`` in ``crawler/settings.py``.
+
+The resolver does not judge addresses: the address guard judges what it answers for a request's host, and
+the download handler judges the address it dials (``crawler/download/handler.py``). Refusing here would also
+refuse names refwatch is told to use, such as an HTTP proxy on the company network.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from scrapy.utils.datatypes import LocalCache
 from twisted.internet import defer, threads
 from twisted.internet.error import DNSLookupError
 from twisted.python.failure import Failure
+
+from crawler.addresses import is_ip_literal
 
 #: getaddrinfo's answers that are definitive: the name does not exist, or has no address.
 DEFINITIVE_GAI_ERRORS = frozenset(
@@ -50,6 +57,8 @@ class RefwatchResolver(CachingThreadedResolver):
         self.missing: LocalCache[str, str] = LocalCache(cache_size)  # name -> the NXDOMAIN message
 
     def getHostByName(self, name: str, timeout: Sequence[int] = ()) -> defer.Deferred[str]:
+        if is_ip_literal(name):
+            return defer.succeed(name.strip("[]"))
         if name in dnscache:
             return defer.succeed(dnscache[name])
         if name in self.missing:

@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from scrapy.exceptions import NotConfigured
 from scrapy.http import Request, Response
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -73,11 +72,12 @@ def test_hash_middleware_skips_error_pages_and_non_references() -> None:
 
 
 def test_address_guard_is_on_by_default_and_can_be_lifted() -> None:
+    # Always built (it also gives the DNS verdict); REFWATCH_ALLOW_PRIVATE_NETWORKS lifts only its refusals.
     guard = build_from_crawler(AddressGuardMiddleware, get_crawler(settings_dict={}))
-    assert isinstance(guard, AddressGuardMiddleware)
-    with pytest.raises(NotConfigured):
-        build_from_crawler(AddressGuardMiddleware,
-                           get_crawler(settings_dict={"REFWATCH_ALLOW_PRIVATE_NETWORKS": True}))
+    assert not guard.policy.permits("127.0.0.1") and guard.policy.permits("93.184.216.34")
+    lifted = build_from_crawler(AddressGuardMiddleware,
+                                get_crawler(settings_dict={"REFWATCH_ALLOW_PRIVATE_NETWORKS": True}))
+    assert lifted.policy.permits("127.0.0.1") and lifted.policy.permits("169.254.169.254")
 
 
 def test_metrics_mirror_stats_with_bounded_labels() -> None:

@@ -78,6 +78,9 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--obey-robots", action="store_true", help="consult robots.txt (robots_blocked)")
     p.add_argument("--allow-private-networks", action="store_true",
                    help="allow loopback/private/link-local addresses (demo and tests)")
+    p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                   help="also fetch addresses in this network though it is not public, e.g. 10.20.0.0/16 or "
+                        "fd00::/8 (repeatable); every other non-public address stays blocked_address")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -140,6 +143,14 @@ def crawl_settings(args: argparse.Namespace) -> dict[str, Any]:
         out["ROBOTSTXT_OBEY"] = True
     if args.allow_private_networks:
         out["REFWATCH_ALLOW_PRIVATE_NETWORKS"] = True
+    if args.allow_network or "REFWATCH_ALLOW_NETWORKS" in out:  # checked now: a bad one is one line, exit 2
+        from crawler.addresses import parse_networks
+
+        given = args.allow_network or out["REFWATCH_ALLOW_NETWORKS"].split(",")  # -s: comma-separated
+        try:
+            out["REFWATCH_ALLOW_NETWORKS"] = parse_networks(text for text in given if text.strip())
+        except ValueError as exc:
+            raise BadInput(f"{'--allow-network' if args.allow_network else 'REFWATCH_ALLOW_NETWORKS'} {exc}") from None
     if sys.stderr.isatty() and not args.no_progress and not args.json:
         out["REFWATCH_PROGRESS"] = True
         out.setdefault("LOG_LEVEL", "WARNING")  # log lines would tear the progress bar

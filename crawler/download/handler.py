@@ -6,11 +6,16 @@ the tick after the last one, so a refused connection took at least 0.3 s whateve
 references/s on 16 loopback hosts (bench/deadlink_bench.py; 286/s and half the CPU with this handler). Here:
 
 * a host written as an IP address, or a name that Scrapy's DNS cache holds one address for (refwatch's
-  resolver, like Scrapy's ``CachingThreadedResolver``, answers one IPv4 address and caches it; the DNS
-  verdict middleware resolved it just before), connects with a plain ``TCP4ClientEndpoint`` /
-  ``TCP6ClientEndpoint`` to that address: nothing to race, the failure arrives with the socket's, and
-  ~0.5 ms of CPU per connection less than ``HostnameEndpoint`` (which builds a class per ``connect``);
-* any other name keeps ``HostnameEndpoint`` (happy-eyeballs order kept) with a short ``ATTEMPT_DELAY``.
+  resolver, like Scrapy's ``CachingThreadedResolver``, answers one IPv4 address and caches it; the address
+  guard resolved it just before), connects with a plain ``TCP4ClientEndpoint`` / ``TCP6ClientEndpoint`` to
+  that address: nothing to race, the failure arrives with the socket's, and ~0.5 ms of CPU per connection
+  less than ``HostnameEndpoint`` (which builds a class per ``connect``);
+* any other name is resolved once by ``CheckedHostnameEndpoint`` (a short ``ATTEMPT_DELAY``), which connects
+  to exactly the answer it checked;
+* with an address policy (crawler/addresses.py: public addresses plus ``--allow-network``), the address
+  dialled — the literal, the cached answer, or the answer just looked up — is checked first and a refused one
+  fails without a connection (``RefusedEndpoint``): a DNS answer that changed since the address guard looked
+  (rebinding, a cache eviction) cannot slip through.
 
 A body that passes the size limit while it streams (chunked, or read until the connection closes) fails as
 ``TooLargeError`` (outcome ``too_large``): Scrapy cancels it with an anonymous cancellation, which read as a
@@ -41,16 +46,19 @@ from scrapy.resolver import dnscache
 from scrapy.utils._download_handlers import get_dataloss_msg, normalize_bind_address, wrap_twisted_exceptions
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import URI, Agent, _HTTP11ClientFactory, _StandardEndpointFactory
+from zope.interface import implementer
+
+from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_settings
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
-    from twisted.internet.interfaces import IStreamClientEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +68,14 @@ ATTEMPT_DELAY = 0.02
 
 
 class FastEndpointFactory(_StandardEndpointFactory):
-    """``Agent``'s endpoint factory, minus the attempt delay on IP literals and shortened on names."""
+    """``Agent``'s endpoint factory, minus the attempt delay on IP literals and shortened on names; with a
+    ``policy``, the address it dials is the address it checked (``None``: no check, for tests of the endpoints).
+    """
+
+    def __init__(self, reactor: Any, contextFactory: Any, connectTimeout: float | None, bindAddress: Any,
+                 policy: AddressPolicy | None = None) -> None:
+        super().__init__(reactor, contextFactory, connectTimeout, bindAddress)
+        self._policy = policy
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         if uri.scheme not in (b"http", b"https"):
@@ -71,16 +86,64 @@ class FastEndpointFactory(_StandardEndpointFactory):
         address = dnscache.get(host, host)
         timeout = 30 if self._connectTimeout is None else self._connectTimeout
         endpoint: IStreamClientEndpoint
-        if isinstance(address, str) and isIPAddress(address):
-            endpoint = TCP4ClientEndpoint(self._reactor, address, uri.port, timeout, self._bindAddress)
-        elif isinstance(address, str) and isIPv6Address(address):
-            endpoint = TCP6ClientEndpoint(self._reactor, address, uri.port, timeout, self._bindAddress)
+        if isinstance(address, str) and (isIPAddress(address) or isIPv6Address(address)):
+            refusal = None if self._policy is None else self._policy.refusal(host, address)
+            if refusal is not None:  # a refused literal, or a refused answer still in the cache: never dialled
+                return RefusedEndpoint(refusal)
+            endpoint_class = TCP4ClientEndpoint if isIPAddress(address) else TCP6ClientEndpoint
+            endpoint = endpoint_class(self._reactor, address, uri.port, timeout, self._bindAddress)
+        elif self._policy is not None:  # not cached: resolve, check that answer, connect to it
+            endpoint = CheckedHostnameEndpoint(self._reactor, host, uri.port, self._policy, timeout=timeout,
+                                               bindAddress=self._bindAddress, attemptDelay=ATTEMPT_DELAY)
         else:  # not cached, or cached as a list by Scrapy's CachingHostnameResolver: resolve and race
             endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=timeout,
                                         bindAddress=self._bindAddress, attemptDelay=ATTEMPT_DELAY)
         if uri.scheme == b"https":  # TLS (SNI, verification) on the name, whatever address is dialled
             return wrapClientTLS(self._policyForHTTPS.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class RefusedEndpoint:
+    """An endpoint that connects nowhere: its connection fails with ``BlockedAddressError`` (``blocked_address``)."""
+
+    def __init__(self, refusal: str) -> None:
+        self.refusal = refusal
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        return fail(BlockedAddressError(f"refused at connection: {self.refusal}"))
+
+
+class CheckedHostnameEndpoint(HostnameEndpoint):
+    """A host name resolved once, through the reactor's resolver (refwatch's: cached, NXDOMAIN told apart), its
+    answer checked against the policy, and that address connected to, so no second look-up can answer
+    differently (DNS rebinding). The connection itself is ``HostnameEndpoint``'s, on the checked literal: the
+    same attempt loop as before over the one address refwatch's resolver gives."""
+
+    def __init__(self, reactor: Any, host: str, port: int, policy: AddressPolicy, *, timeout: float,
+                 bindAddress: Any, attemptDelay: float) -> None:
+        super().__init__(reactor, host, port, timeout=timeout, bindAddress=bindAddress, attemptDelay=attemptDelay)
+        # Kept under names of our own: HostnameEndpoint's attributes are private.
+        self._checked = (reactor, host, port, policy)
+        self._checked_options = {"timeout": timeout, "bindAddress": bindAddress, "attemptDelay": attemptDelay}
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        reactor, host = self._checked[:2]
+        answer: Deferred[str] = reactor.resolve(host)
+        return answer.addCallback(self._connect_to, protocolFactory)
+
+    def _connect_to(self, address: str, protocolFactory: Any) -> Deferred[Any]:
+        reactor, host, port, policy = self._checked
+        refusal = policy.refusal(host, address)
+        if refusal is not None:
+            raise BlockedAddressError(f"refused at connection: {refusal}")
+        options = self._checked_options
+        endpoint: IStreamClientEndpoint
+        if isIPv6Address(address):  # Twisted's simple-resolver adapter would take it for IPv4
+            endpoint = TCP6ClientEndpoint(reactor, address, port, options["timeout"], options["bindAddress"])
+        else:
+            endpoint = HostnameEndpoint(reactor, address, port, **options)
+        return endpoint.connect(protocolFactory)
 
 
 #: A response head larger than this (status line and header lines, bytes) or with more header lines fails:
@@ -167,7 +230,8 @@ class FastScrapyAgent(_ScrapyAgent):
         from twisted.internet import reactor
 
         bindaddress = normalize_bind_address(request.meta.get("bindaddress") or self._bindAddress)
-        endpoints = FastEndpointFactory(reactor, self._contextFactory, timeout, bindaddress)
+        policy = policy_from_settings(self._crawler.settings)  # cached: two settings look-ups
+        endpoints = FastEndpointFactory(reactor, self._contextFactory, timeout, bindaddress, policy)
         return _BindAddressAgent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
 
 

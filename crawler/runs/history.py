@@ -178,7 +178,7 @@ def parameters_for_manifest(settings: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("REFWATCH_HASHLISTS", "REFWATCH_RADII", "REFWATCH_PDQ_DIHEDRAL", "REFWATCH_PDQ_MIN_QUALITY",
             "DOWNLOAD_TIMEOUT", "RETRY_TIMES", "ROBOTSTXT_OBEY", "CONCURRENT_REQUESTS",
             "CONCURRENT_REQUESTS_PER_DOMAIN", "DOWNLOAD_MAXSIZE", "REFWATCH_MAX_PIXELS", "USER_AGENT",
-            "REFWATCH_ALLOW_PRIVATE_NETWORKS")
+            "REFWATCH_ALLOW_PRIVATE_NETWORKS", "REFWATCH_ALLOW_NETWORKS")
     return {name.lower(): _json_safe(settings.get(name)) for name in keep if name in settings}
 
 
