@@ -232,6 +232,9 @@ def prepare_sharded_run(settings: Settings, overrides: Mapping[str, Any], run: A
     child |= {"REFWATCH_RUN_ID": run.run_id, "REFWATCH_QUEUE": run.queue_url, "REFWATCH_SNAPSHOTS": snapshots,
               "LOG_LEVEL": overrides.get("LOG_LEVEL") or "WARNING"}
     if keep_commits:
+        if run.remote is not None:  # the store's plan and manifest, not a staging copy left by an earlier run
+            for name in ("plan.json", "manifest.json"):
+                (run.run_dir / name).unlink(missing_ok=True)
         run.pull(f"runs/{run.run_id}/plan.json")
         run.pull(f"runs/{run.run_id}/manifest.json")
         try:

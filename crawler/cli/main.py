@@ -45,7 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose DEBUG records carry credentials (botocore logs each request's signed Authorization header,
+#: with the access key id): they log at INFO at most, whatever --log-level says.
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "redis")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     # imported here: building the parser must stay cheap, these load pyarrow, Scrapy and the stores
     from crawler.events.queue import QueueError
