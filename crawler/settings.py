@@ -171,3 +171,10 @@ REFWATCH_POLITENESS_RETRY_REDIS = 10.0  # after Redis fails to answer: seconds o
 # REFWATCH_ALLOW_PRIVATE_NETWORKS (above) allows every address instead.
 REFWATCH_ALLOW_NETWORKS: list[str] = []
 
+# --- decode memory (crawler/hashing/budget.py; middlewares/hashing.py) -----------------------------------
+# Pixels decoded at once by all hashing threads together, counted as RGB pixels (6 bytes each at the peak;
+# heavier modes and formats count more: crawler.hashing.digest.decode_cost). An image that does not fit
+# waits; one larger than the budget (but within REFWATCH_MAX_PIXELS) is decoded alone. The default is one
+# REFWATCH_MAX_PIXELS RGB image: ~370 MiB of decode memory whatever REFWATCH_HASH_THREADS is (measured: eight
+# 64-megapixel PNGs at once peaked a crawl at 640 MiB with it, 1 GiB without; tests/test_memory.py).
+REFWATCH_DECODE_PIXEL_BUDGET = 64_000_000

@@ -23,6 +23,7 @@ bit first, as ``Hash256`` prints it (and as python-threatexchange writes pdqhash
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -38,6 +39,7 @@ import scipy.fftpack
 from PIL import Image
 
 from crawler.hashing import kernels
+from crawler.hashing.budget import PixelBudget
 from crawler.hashing.pdq import MIN_HASHABLE_DIM, pdq_from_block, pdq_hex, thumbnail_size
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,19 @@ DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
 # and this runs in a thread pool. The warning goes through the application's filters; if they turn it into
 # an error, it is caught below like any other decode failure. Either way such bodies are never decoded.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+# What decoding and hashing one image needs at its peak, in bytes a pixel, by mode: Pillow's image (4 bytes a
+# pixel for RGB, kept as RGBX), the copy converted to RGB for modes that need one, the 8-bit luma and its
+# transpose. Measured on 64-megapixel images with Pillow 13 (VmHWM of a fresh process, each image in one
+# memory block as the crawl allocates them: middlewares/hashing.py); unlisted modes get the costliest.
+# Some formats decode into their codec's own buffer first and add to it; a progressive JPEG keeps libjpeg's
+# coefficients for the whole image while it decodes (an RGB one peaks at 10 then).
+_PEAK_BYTES_PER_PIXEL = {"L": 3, "RGB": 6, "1": 8, "P": 8, "I;16": 9, "I": 11, "F": 11, "LA": 11, "RGBA": 11,
+                         "CMYK": 13}
+_UNLISTED_MODE_BYTES_PER_PIXEL = 13
+_CODEC_EXTRA_BYTES_PER_PIXEL = {"WEBP": 10, "JPEG2000": 14, "AVIF": 4}
+_PROGRESSIVE_JPEG_BYTES_PER_PIXEL = 10
+RGB_PEAK_BYTES_PER_PIXEL = _PEAK_BYTES_PER_PIXEL["RGB"]
 
 _MAX_ERROR_CHARS = 200
 # Object reprs carry memory addresses ("<_io.BytesIO object at 0x7f...>"): drop them so equal causes give
@@ -120,11 +135,13 @@ def hash_bytes(
     perceptual: bool = True,
     algorithms: Collection[str] = ALGORITHMS,
     pdq_dihedral: bool = False,
+    decode_budget: PixelBudget | None = None,
 ) -> Digest:
     """Hash ``body`` in memory: the ``algorithms`` asked for (``None`` for the others). Without phash, dhash
     or pdq among them only the image header is read (format and size; ``decodable`` then means "the header
     parses"); with ``perceptual=False`` not even that. ``pdq_dihedral`` adds the PDQ hashes of the 8
-    rotations and flips (needs ``pdq``)."""
+    rotations and flips (needs ``pdq``). With a ``decode_budget`` (shared by the threads that call this),
+    the pixels are decoded only once the budget holds ``decode_cost`` of them."""
     started = time.thread_time()  # CPU of this thread: wall time would count waits for the GIL
     wanted = frozenset(algorithms)
     unknown = wanted - set(ALGORITHMS)
@@ -137,7 +154,8 @@ def hash_bytes(
     asked = wanted & set(PERCEPTUAL)
     # Without a perceptual hash nothing needs the pixels: the header alone says what the body is (its
     # format and size), which is what tells an image from an error page; a body cut short still passes.
-    result = _decode_and_hash(body, max_pixels, asked, pdq_dihedral and "pdq" in asked) if perceptual else _Perceptual()
+    result = (_decode_and_hash(body, max_pixels, asked, pdq_dihedral and "pdq" in asked, decode_budget)
+              if perceptual else _Perceptual())
     return Digest(
         size=len(body),
         md5=md5,
@@ -249,7 +267,18 @@ def has_image_magic(body: bytes) -> bool:
     return head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES
 
 
-def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedral: bool) -> _Perceptual:
+def decode_cost(img: Image.Image) -> int:
+    """What decoding ``img`` (opened, not loaded) costs a ``PixelBudget``: its pixels weighted by the memory
+    its mode and format need at the peak, in pixels of an RGB image (6 bytes each), rounded up."""
+    per_pixel = _PEAK_BYTES_PER_PIXEL.get(img.mode, _UNLISTED_MODE_BYTES_PER_PIXEL)
+    per_pixel += _CODEC_EXTRA_BYTES_PER_PIXEL.get(img.format or "", 0)
+    if img.format == "JPEG" and img.info.get("progressive"):
+        per_pixel = max(per_pixel, _PROGRESSIVE_JPEG_BYTES_PER_PIXEL)
+    return -(-img.width * img.height * per_pixel // RGB_PEAK_BYTES_PER_PIXEL)
+
+
+def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedral: bool,
+                     budget: PixelBudget | None = None) -> _Perceptual:
     """Decode the first frame and compute the ``asked`` perceptual hashes; any failure becomes ``decode_error``."""
     if not body:
         return _Perceptual(decode_error="empty body")
@@ -278,8 +307,14 @@ def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedr
             # (neither the C++ CImg loader nor the pure-Python hasher transposes), so the hash lists we match
             # against were made that way; a transposed photo would drift away from its listed hash.
             # A truncated body raises here because ImageFile.LOAD_TRUNCATED_IMAGES stays False.
-            img.load()
-            hashes = _hash_image(img, asked, dihedral)
+            # The size is known from the header: wait until the budget holds this image's pixels, and give
+            # them back only once they are freed (closing the image drops them, also when decoding failed).
+            with budget.reserve(decode_cost(img)) if budget is not None else contextlib.nullcontext():
+                try:
+                    img.load()
+                    hashes = _hash_image(img, asked, dihedral)
+                finally:
+                    img.close()
     except Exception as exc:  # noqa: BLE001 - see the comment above
         reason = _describe(exc)
         logger.debug("cannot decode body of %d bytes: %s", len(body), reason)
