@@ -136,6 +136,9 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "middlewares.address_guard.AddressGuardMiddleware": 90,
     "middlewares.backoff.HostBackoffMiddleware": 560,
+    # Scrapy's, in its place, without keeping a failed gzip bomb's inflated bytes alive (middlewares/compression.py)
+    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
+    "middlewares.compression.DecompressionMiddleware": 590,
     # shared slots (REFWATCH_REDIS_URL): last before the download, first back, freed before Retry/Redirect re-ask
     "middlewares.shared_politeness.SharedPolitenessMiddleware": 950,
     "middlewares.hashing.ImageHashMiddleware": 540,

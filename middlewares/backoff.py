@@ -16,6 +16,9 @@ from scrapy.http import Request, Response
 
 logger = logging.getLogger(__name__)
 
+#: A host's back-off delay this close to the configured one returns to it (see ``process_response``).
+SNAP_SECONDS = 0.01
+
 BACKOFF_STATUSES = frozenset({429, 503})
 
 
@@ -64,7 +67,10 @@ class HostBackoffMiddleware:
             self.crawler.stats.inc_value("refwatch/backoff")
             logger.debug("backing off a host for %.1f s after %d", delay, response.status)
         elif slot.delay > self.base_delay and response.status < 400:
-            slot.delay = max(self.base_delay, slot.delay / 2)
+            # halving never reaches the base delay by itself (and Scrapy sends one request per pass of its
+            # queue while a slot has any delay): snap back once the delay is down to a hundredth of a second
+            halved = slot.delay / 2
+            slot.delay = self.base_delay if halved - self.base_delay < SNAP_SECONDS else halved
         return response
 
     def _slot(self, request: Request):  # type: ignore[no-untyped-def]
