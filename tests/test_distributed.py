@@ -160,7 +160,8 @@ def test_a_killed_worker_s_shard_is_taken_over(redis_server, web, tmp_path: Path
     hashlist.write_text("algorithm,hash,id,label\n" + "".join(
         f"md5,{md5},e{n},synthetic\n" for n, md5 in enumerate(sorted(md5s))), encoding="utf-8")
     out = tmp_path / "out"
-    _seed(redis_server.url, snapshot, out, "killed", 8, "--hashlist", f"known={hashlist}")
+    _seed(redis_server.url, snapshot, out, "killed", 8, "--hashlist", f"known={hashlist}",
+          "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=2")  # parts early: the kill lands mid-shard
     victim = _worker(redis_server.url, "--processes", "2")
     _wait_for(lambda: _attempt_rows_started(out, "killed"), 60, "the first worker to write rows")
     _kill_group(victim)

@@ -194,7 +194,8 @@ def test_a_killed_child_is_crawled_again_and_every_reference_appears_once(web, t
     snapshot = _parquet(tmp_path / "slow.parquet", urls, row_group_size=8)
     cmd = [sys.executable, "-m", "crawler.cli.main", "crawl", str(snapshot), "--out", str(tmp_path / "out"),
            "--run-id", "killed", "--allow-private-networks", "--json", "--no-progress", "--processes", "2",
-           "--shard-size", "12", "--concurrency", "2", "--per-host", "2"]
+           "--shard-size", "12", "--concurrency", "2", "--per-host", "2",
+           "-s", "REFWATCH_OUTCOMES_BATCH_ROWS=2"]  # parts early: a child with a part is mid-shard
     parent = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim = None
@@ -233,7 +234,8 @@ def _shard_child_with_rows(parent_pid: int, run_dir: Path) -> int | None:
             continue
         spec = json.loads(Path(cmdline[cmdline.index(b"_shard") + 1].decode()).read_text())
         folder = run_dir / "shards" / spec["shard"]["shard_id"] / spec["attempt"]
-        if folder.is_dir() and any(folder.glob("part-*.parquet")):
+        committed = (folder.parent / "commit.json").exists()
+        if folder.is_dir() and any(folder.glob("part-*.parquet")) and not committed:
             return int(entry.name)
     return None
 
