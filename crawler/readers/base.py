@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_FIRST_LINE = 8 << 20  # a header row or first JSON object longer than this is not a URL table
 #: Errors the gzip module raises on a damaged or truncated stream.
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+#: Control characters left after whitespace is collapsed: C0 (NUL, ESC...), DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class SnapshotReader(Protocol):
@@ -38,10 +41,17 @@ class SnapshotReader(Protocol):
     def __iter__(self) -> Iterator[Reference]: ...
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: whitespace runs become a space, other control characters ``\\xNN``.
+
+    Parsers quote the bytes they choke on (warcio a record's first line, Arrow a footer's), and those bytes
+    come from the file: raw, a NUL or an ESC would reach logs and terminals."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(str(text).split()))
+
+
 def snapshot_error(path: str | os.PathLike[str], reason: str) -> SnapshotError:
     """A ``SnapshotError`` whose message is one line naming the file (newlines in ``reason`` would split it)."""
-    text = " ".join(str(reason).split())
-    return SnapshotError(f"{os.fspath(path)}: {text}")
+    return SnapshotError(f"{os.fspath(path)}: {one_line(reason)}")
 
 
 class BadRecords:
@@ -53,6 +63,7 @@ class BadRecords:
         self._unit = unit  # "line", "offset" or "row": only for the log message
 
     def __call__(self, where: int, reason: str) -> None:
+        reason = one_line(reason)
         if self._handler is not None:
             self._handler(self.path, where, reason)
         else:

@@ -57,7 +57,7 @@ class JsonLinesReader:
             raise snapshot_error(self.path, f"{where}: not UTF-8 text; is it really a JSON Lines file?")
         try:
             first = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
             raise snapshot_error(self.path, f"{where}: not JSON ({exc}); JSON Lines holds one object a line") from None
         if not isinstance(first, dict):
             hint = " (a single JSON array is not supported: write one object a line)" if isinstance(first, list) else ""
@@ -97,7 +97,7 @@ def _parse(text: str, undecodable: bool) -> dict[str, Any] | str:
         return "not valid UTF-8"
     try:
         obj = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
         return f"invalid JSON: {exc}"
     if not isinstance(obj, dict):
         return f"a JSON {json_kind(obj)}, not an object"

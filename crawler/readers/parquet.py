@@ -48,6 +48,9 @@ class ParquetReader:
             names = [field.name for field in pf.schema_arrow]
             self._metadata = pf.metadata  # later opens reuse the footer instead of reading it again
         self._columns = find_columns(path, names)
+        for name in self._columns.names():
+            if names.count(name) > 1:  # Arrow selects columns by name: it cannot tell such columns apart
+                raise snapshot_error(path, f"column {name!r} appears {names.count(name)} times; rename all but one")
 
     @property
     def total(self) -> int | None:
@@ -57,7 +60,7 @@ class ParquetReader:
         source = self.path if self._opener is None else self._opener()
         try:
             return pq.ParquetFile(source, metadata=self._metadata, buffer_size=_READ_BUFFER, pre_buffer=False)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # the last: a column name not UTF-8
             raise snapshot_error(self.path, f"is not a readable Parquet file: {exc}") from None
 
     def __iter__(self) -> Iterator[Reference]:
@@ -93,6 +96,10 @@ class ParquetReader:
                 except (pa.ArrowException, OSError) as exc:
                     # The rest of this row group is lost; later groups have their own pages and may be fine.
                     bad(max(row, start), f"row group {group} unreadable from row {max(row, start)}: {exc}")
+                except (ValueError, OverflowError) as exc:
+                    # A cell Python cannot hold (a timestamp past year 9999, nanoseconds): Arrow read it fine.
+                    bad(max(row, start), f"row group {group}: a cell from row {max(row, start)} on has no Python "
+                                         f"value: {exc}")
                 first_row += group_rows
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol, TypeVar
 
 from warcio.archiveiterator import ArchiveIterator
+from warcio.bufferedreaders import BufferedReader
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
@@ -44,6 +45,8 @@ _SCAN_CHUNK: Final = 1 << 20
 _CHECK_LIMIT: Final = 1 << 20  # at open, look past the first record only if it is at most this long
 #: With ``recover=True``, hand back after this many intact records in a row when no damage turned up.
 RECOVERY_RECORDS: Final = 64
+#: A Content-Length past this is no byte count (warcio would fail reading it with an OverflowError).
+_MAX_LENGTH: Final = 1 << 62
 
 
 class Record(Protocol):
@@ -285,6 +288,8 @@ def _parse_next(records: ArchiveIterator) -> ArcWarcRecord | None:
     # Headers cut short still make a record for warcio; WARC requires both of these in every record.
     if record is not None and (record.rec_type is None or record.rec_headers.get_header("Content-Length") is None):
         raise CorruptRecord("incomplete WARC record headers (no WARC-Type or Content-Length)")
+    if record is not None and isinstance(record.length, int) and record.length > _MAX_LENGTH:
+        raise CorruptRecord(f"Content-Length of {len(str(record.length))} digits is not a byte count")
     return record
 
 
@@ -310,6 +315,29 @@ def handled(handle: Callable[[Record], T | None], record: Record) -> tuple[T | N
         return handle(record), None
     except BadRecord as exc:
         return None, describe(exc)
+
+
+class _Brotli:
+    """A brotli decompressor as warcio's readers use one. warcio's own (1.8) sets ``unused_data`` on
+    ``brotli.Decompressor``, which brotli 1.1 and later refuse (AttributeError), so every ``Content-Encoding:
+    br`` body failed in this path; with this one it is decoded, as fastwarc decodes it."""
+
+    unused_data = None
+
+    def __init__(self) -> None:
+        import brotli  # installed with warcio's "br" support (and required by fastwarc)
+
+        self._decompressor = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._decompressor.process(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+if "br" in BufferedReader.DECOMPRESSORS:  # warcio found brotli: replace its broken set-up of it
+    BufferedReader.DECOMPRESSORS["br"] = _Brotli
 
 
 class _WarcioRecord:

@@ -55,7 +55,7 @@ class _LinkExtractor:
         self.json_records += 1
         try:
             document = json.loads(record.body())
-        except ValueError as exc:  # also covers undecodable bytes
+        except (ValueError, RecursionError) as exc:  # undecodable bytes too; RecursionError: nested too deep
             raise BadRecord(f"invalid JSON in WAT metadata record: {exc}") from None
         if not isinstance(document, dict):
             raise BadRecord(f"WAT metadata payload is a JSON {json_kind(document)}, not an object")
