@@ -91,7 +91,8 @@ def gzip_member(data: bytes) -> bytes:
 def maybe_gzipped(draw: st.DrawFn, data: bytes) -> tuple[bytes, bool]:
     """``data`` gzip'd or not (as drawn), sometimes in two members or damaged after compressing; and whether
     the bytes were gzip'd (the file name then says ``.gz``, except when the name lies on purpose)."""
-    how = draw(st.sampled_from(["plain"] * 3 + ["gzip"] * 3 + ["two-members", "damaged-gzip", "raw-deflate"]))
+    how = draw(st.sampled_from(["plain"] * 4 + ["gzip"] * 4 + ["two-members", "damaged-gzip", "damaged-gzip",
+                                                              "raw-deflate"]))
     if how == "plain":
         return data, False
     if how == "gzip":
@@ -102,6 +103,8 @@ def maybe_gzipped(draw: st.DrawFn, data: bytes) -> tuple[bytes, bool]:
     if how == "raw-deflate":
         return zlib.compress(data), True
     packed = gzip_member(data)
+    head = 0 if draw(st.integers(0, 3)) == 0 else 10  # mostly spare the 10-byte gzip header
+    packed, tail = packed[:head], packed[head:]
     for change in draw(st.lists(mutation(), min_size=1, max_size=2)):
-        packed = change(packed)
-    return packed, True
+        tail = change(tail)
+    return packed + tail, True
