@@ -168,6 +168,12 @@ def warc_record(draw: st.DrawFn, wat: bool) -> bytes:
     return head + block + draw(st.sampled_from([b"\r\n\r\n", b"\r\n\r\n", b"\r\n", b"", b"\n\n"]))
 
 
+_INFO = b"software: refwatch fuzz\r\nformat: WARC File Format 1.0\r\n"
+WARCINFO = (b"WARC/1.0\r\nWARC-Type: warcinfo\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000001>\r\n"
+            b"WARC-Date: 2024-01-01T00:00:00Z\r\nContent-Type: application/warc-fields\r\n"
+            b"Content-Length: %d\r\n\r\n%s\r\n\r\n" % (len(_INFO), _INFO))
+
+
 @st.composite
 def archive_case(draw: st.DrawFn, wat: bool) -> Case:
     if draw(st.integers(0, 19)) == 0:
@@ -177,6 +183,8 @@ def archive_case(draw: st.DrawFn, wat: bool) -> Case:
             data = gzip_member(data)
     else:
         records = draw(st.lists(warc_record(wat), min_size=1, max_size=5))
+        if draw(st.integers(0, 2)):  # a sound warcinfo record first, as real files have: damage comes later
+            records.insert(0, WARCINFO)
         packing = draw(st.sampled_from(["members", "members", "members", "plain", "stream"]))
         if packing == "members":
             parts = [gzip_member(r) if draw(st.integers(0, 9)) else draw(st.sampled_from([r, gzip_member(b"")]))
