@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import random
@@ -62,7 +61,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,6 +68,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
+from crawler.sample.hostile import big_png, gzip_bomb, png_bomb  # noqa: E402
 import crawl_bench  # noqa: E402 - the image maker and /proc readers, shared with the crawl benchmark
 
 MiB = 1024 * 1024
@@ -84,39 +83,6 @@ EXPECTED = {"img": "ok", "big": "ok", "chunked": "too_large", "headers": "http_e
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _big_png() -> bytes:
-    """A legal 8000x8000 RGB PNG (64 megapixels, the default limit): smooth, so 2.7 MB on the wire."""
-    import numpy as np
-    from PIL import Image
-
-    side = 8000
-    x = np.arange(side, dtype=np.uint32)
-    red = np.broadcast_to((x * 255 // side).astype(np.uint8), (side, side))
-    blue = (((x[:, None] // 500) + (x[None, :] // 500)) % 2 * 180 + 40).astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(np.dstack([red, red.T, blue]), "RGB").save(out, "PNG", compress_level=1)
-    return out.getvalue()
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    """A valid 1-bit black PNG: a few kB on the wire, width x height pixels if anybody decoded it."""
-    row = b"\x00" * (1 + (width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row * 1000) for _ in range(height // 1000)) + compressor.flush()
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-def _gzip_bomb(inflated: int) -> bytes:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    zeros = b"\x00" * MiB
-    return b"".join(compressor.compress(zeros) for _ in range(inflated // MiB)) + compressor.flush()
-
-
 def _answer(status: str, content_type: str, body: bytes, extra: str = "") -> bytes:
     return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
             f"Connection: keep-alive\r\n\r\n").encode("latin-1") + body
@@ -128,9 +94,9 @@ class Site:
     def __init__(self, images: list[bytes]) -> None:
         self.images = [_answer("200 OK", "image/jpeg", body) for body in images]
         self.fixed = {
-            "big": _answer("200 OK", "image/png", _big_png()),
-            "gzip": _answer("200 OK", "image/jpeg", _gzip_bomb(4 * MAX_BYTES), "Content-Encoding: gzip\r\n"),
-            "bomb": _answer("200 OK", "image/png", _png_bomb(20000, 20000)),
+            "big": _answer("200 OK", "image/png", big_png()),
+            "gzip": _answer("200 OK", "image/jpeg", gzip_bomb(4 * MAX_BYTES), "Content-Encoding: gzip\r\n"),
+            "bomb": _answer("200 OK", "image/png", png_bomb(20000, 20000)),
             "garbage": _answer("200 OK", "image/jpeg", b"\xff\xd8\xff\xe0 this is not really a jpeg " * 40),
             "ratelimit": _answer("429 Too Many Requests", "text/plain", b"slow down\n", "Retry-After: 1\r\n"),
         }

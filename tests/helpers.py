@@ -40,3 +40,15 @@ def stop_process(process, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+def read_request_head(sock) -> bytes | None:
+    """Read from a test server's socket up to the end of the request head (bounded at 64 KiB); ``None`` when
+    the client closed first."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        head += chunk
+    return head

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.helpers import run_refwatch
+from tests.helpers import read_request_head, run_refwatch
 
 MAX_BYTES = 100_000
 STREAM_LIMIT = 2_000_000  # the most any answer here sends before it gives up (bounded loops)
@@ -36,12 +36,9 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.settimeout(10)
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        head = read_request_head(sock)
+        if head is None:
+            return
         path = head.split(b" ", 2)[1].decode()
         try:
             getattr(self, "_" + path.strip("/").replace("-", "_"))(sock)

@@ -17,25 +17,21 @@ Every server here binds 127.0.0.x only, every stream it sends is bounded, and th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import socket
 import socketserver
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from tests.helpers import REPO_ROOT
+from crawler.sample.hostile import big_png, gzip_bomb, png_bomb
+from tests.helpers import REPO_ROOT, read_request_head
 
 MiB = 1024 * 1024
 TARGET = 700 * MiB
@@ -46,42 +42,10 @@ TIMEOUT = 8  # --timeout: how long a drip-fed answer holds its request
 CRAWL_DEADLINE = 120.0
 
 
-def _big_png() -> bytes:
-    """A legal 8000x8000 RGB PNG: smooth gradients and a coarse pattern, so it compresses to a few MB."""
-    x = np.arange(SIDE, dtype=np.uint32)
-    red = np.broadcast_to((x * 255 // SIDE).astype(np.uint8), (SIDE, SIDE))
-    green = red.T
-    blue = (((x[:, None] // 500) + (x[None, :] // 500)) % 2 * 180 + 40).astype(np.uint8)
-    image = Image.fromarray(np.dstack([red, green, blue]), "RGB")
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
-    return out.getvalue()
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    """A valid 1-bit black PNG: a few kB on the wire, width x height pixels if anybody decoded it."""
-    row = b"\x00" * (1 + (width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row * 1000) for _ in range(height // 1000)) + compressor.flush()
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-def _gzip_bomb(inflated: int) -> bytes:
-    """``inflated`` zero bytes, gzip-compressed a MiB at a time (never all in memory)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
-    zeros = b"\x00" * MiB
-    return b"".join(compressor.compress(zeros) for _ in range(inflated // MiB)) + compressor.flush()
-
-
 @pytest.fixture(scope="session")
 def bodies() -> dict[str, bytes]:
     """Made once per test session and kept in memory (~3 MB in all)."""
-    return {"png": _big_png(), "bomb": _png_bomb(9000, 9000), "gzip": _gzip_bomb(4 * DEFAULT_MAX_BYTES)}
+    return {"png": big_png(SIDE), "bomb": png_bomb(9000, 9000), "gzip": gzip_bomb(4 * DEFAULT_MAX_BYTES)}
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -90,12 +54,8 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.settimeout(TIMEOUT + 20)
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        if read_request_head(sock) is None:
+            return
         try:
             getattr(self, "_" + self.server.kind)(sock)
         except OSError:
