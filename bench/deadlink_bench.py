@@ -6,6 +6,7 @@ Not a test: run it by hand from the repository root (about a minute with the def
     python bench/deadlink_bench.py --refs 10000 --concurrency 256 --per-host 64 --retries 0
     python bench/deadlink_bench.py --stock-resolver     # Scrapy's resolver: NXDOMAIN retried RETRY_TIMES times
     python bench/deadlink_bench.py --handlers both      # refwatch's download handler and Scrapy's, interleaved
+    python bench/deadlink_bench.py --handlers refwatch,noredial --rounds 3   # refused retries redialled or not
 
 Scenarios, each one crawl in a child process (``python -m crawler.cli.main crawl ... --allow-private-networks``):
 
@@ -60,6 +61,11 @@ STOCK_HANDLERS = json.dumps({s: "scrapy.core.downloader.handlers.http11.HTTP11Do
                              for s in ("http", "https")})
 
 
+#: What each ``--handlers`` name adds to the crawl command.
+HANDLER_SETTINGS = {"refwatch": [], "noredial": ["-s", "REFWATCH_REDIAL_REFUSED=False"],
+                    "stock": ["-s", f"DOWNLOAD_HANDLERS={STOCK_HANDLERS}"]}
+
+
 def crawl(snapshot: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
     cmd = [sys.executable, "-m", "crawler.cli.main", "crawl", str(snapshot), "--out", str(out), "--run-id", "b",
            "--allow-private-networks", "--json", "--no-progress", "--timeout", "10",
@@ -99,8 +105,11 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=None, help="crawl --retries (default: the CLI's, 2)")
     parser.add_argument("--stock-resolver", action="store_true", help="Scrapy's CachingThreadedResolver")
     parser.add_argument("--scenarios", default="refused,named,mixed,nxdomain")
-    parser.add_argument("--handlers", choices=("refwatch", "stock", "both"), default="refwatch",
-                        help="download handler: refwatch's (crawler/download), Scrapy's stock one, or both in turn")
+    parser.add_argument("--handlers", default="refwatch",
+                        help="comma-separated, run in turn: refwatch (crawler/download), noredial (the same without "
+                             "redialling refused connections: Scrapy retries them), stock (Scrapy's handler); "
+                             "both = refwatch,stock")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the scenarios, interleaved (default 1)")
     parser.add_argument("--timeout", type=float, default=170.0, help="kill a crawl after this many seconds")
     args = parser.parse_args()
 
@@ -108,11 +117,14 @@ def main() -> int:
 
     port = closed_port()
     refused = [f"http://127.0.0.{1 + i % args.hosts}:{port}/{i}.jpg" for i in range(args.refs)]
-    handlers = ["refwatch", "stock"] if args.handlers == "both" else [args.handlers]
+    handlers = ["refwatch", "stock"] if args.handlers == "both" else args.handlers.split(",")
+    unknown = set(handlers) - set(HANDLER_SETTINGS)
+    if unknown:
+        parser.error(f"--handlers: unknown {', '.join(sorted(unknown))}")
     print(f"{'scenario':10} {'handler':8} {'refs':>6} {'wall s':>7} {'refs/s':>7} {'refs/s*':>8} "
           f"{'CPU ms/ref':>10}  outcomes")
     with tempfile.TemporaryDirectory(prefix="deadlink-bench-") as tmp, SampleWeb() as web:
-        for scenario in args.scenarios.split(","):
+        for scenario in [name for _ in range(args.rounds) for name in args.scenarios.split(",")]:
             extra: list[str] = []
             if scenario == "refused":
                 urls = refused
@@ -134,7 +146,7 @@ def main() -> int:
                 raise SystemExit(f"unknown scenario {scenario!r}")
             snapshot = write_snapshot(Path(tmp) / f"{scenario}.csv", urls)
             for handler in handlers:
-                more = ["-s", f"DOWNLOAD_HANDLERS={STOCK_HANDLERS}"] if handler == "stock" else []
+                more = HANDLER_SETTINGS[handler]
                 r = crawl(snapshot, Path(tmp) / f"{scenario}-{handler}", args, extra + more)
                 seen = {k: v for k, v in r["outcomes"].items() if v}
                 print(f"{scenario:10} {handler:8} {r['refs']:>6} {r['wall']:>7.1f} {r['rate']:>7.0f} "

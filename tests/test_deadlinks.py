@@ -16,12 +16,16 @@ from typing import Any
 import pytest
 
 from scrapy.resolver import dnscache
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.error import SchemeNotSupported
 
-from crawler.download.handler import ATTEMPT_DELAY, FastEndpointFactory
+from crawler.download.handler import ATTEMPT_DELAY, REDIALS_STAT, FastEndpointFactory
+from crawler.download.redial import RedialRefusedEndpoint, redials_left
 from crawler.sample.web import SampleWeb
 from middlewares.resolver import NoSuchHostError, lookup_ipv4
 from tests.helpers import REPO_ROOT
@@ -82,6 +86,10 @@ def test_refused_burst_is_not_paced_by_heartbeats_nor_the_attempt_delay(tmp_path
     assert {row["outcome"] for row in rows.values()} == {"connection_error"}
     stats = probe["stats"]
     assert stats["retry/count"] == 2 * refs  # refused connections are transient: RETRY_TIMES (2) retries each
+    # ...dialled again inside the download: one trip through Scrapy's scheduler per reference, not three
+    assert stats[REDIALS_STAT] == 2 * refs
+    assert stats["scheduler/enqueued"] == refs
+    assert stats["retry/max_reached"] == refs  # RetryMiddleware saw the retries spent and gave up
     # The engine's heartbeat ticks once when it starts: every reference was requested before the next tick
     # (5 s later), so none waited for the heartbeat to be fed.
     assert probe["heartbeats_at_last_request"] <= 1, probe
@@ -153,3 +161,48 @@ def test_nxdomain_is_one_attempt_refused_and_servfail_are_retried(tmp_path: Path
     assert stats["refwatch/dns_no_such_host"] == 3
     assert stats["retry/count"] == 2 + 2  # servfail and refused: RETRY_TIMES each; the NXDOMAIN names: none
     assert stats["retry/max_reached"] == 2
+
+
+class _ScriptedEndpoint:
+    """An endpoint whose dials fail with the scripted errors, then succeed; counts its dials."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.dials = 0
+
+    def connect(self, protocolFactory: object) -> Deferred[str]:
+        self.dials += 1
+        return fail(self.errors.pop(0)) if self.errors else succeed("connected")
+
+
+def _outcome(d: Deferred[str]) -> object:
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "the dial should have finished"
+    return results[0]
+
+
+def test_refused_dials_are_redialled_within_the_download_up_to_the_retries_left() -> None:
+    inner = _ScriptedEndpoint(ConnectionRefusedError(), ConnectionRefusedError())
+    redials: list[int] = []
+    assert _outcome(RedialRefusedEndpoint(inner, 2, lambda: redials.append(1)).connect(None)) == "connected"
+    assert (inner.dials, len(redials)) == (3, 2)
+
+    inner = _ScriptedEndpoint(*[ConnectionRefusedError()] * 3)
+    result = _outcome(RedialRefusedEndpoint(inner, 2).connect(None))
+    assert isinstance(result, Failure) and result.check(ConnectionRefusedError)
+    assert inner.dials == 3  # the first dial and two more, then the refusal goes to RetryMiddleware
+
+    inner = _ScriptedEndpoint(TimeoutError(), ConnectionRefusedError())  # only refusals are redialled
+    result = _outcome(RedialRefusedEndpoint(inner, 2).connect(None))
+    assert isinstance(result, Failure) and result.check(TimeoutError) and inner.dials == 1
+    result.trap(TimeoutError)
+
+
+def test_redials_spend_the_retries_retry_middleware_would_give() -> None:
+    assert redials_left({}, True, 2) == 2
+    assert redials_left({"retry_times": 1}, True, 2) == 1  # a retry (e.g. of a 503) already spent one
+    assert redials_left({"retry_times": 2}, True, 2) == 0
+    assert redials_left({"max_retry_times": 5}, True, 2) == 5
+    assert redials_left({"dont_retry": True}, True, 2) == 0
+    assert redials_left({}, False, 2) == 0  # RETRY_ENABLED off

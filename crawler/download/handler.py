@@ -17,6 +17,9 @@ references/s on 16 loopback hosts (bench/deadlink_bench.py; 286/s and half the C
   fails without a connection (``RefusedEndpoint``): a DNS answer that changed since the address guard looked
   (rebinding, a cache eviction) cannot slip through.
 
+A refused dial is dialled again at once, as many times as the request has retries left
+(``crawler/download/redial.py``), instead of going back through Scrapy's scheduler for each retry.
+
 A body that passes the size limit while it streams (chunked, or read until the connection closes) fails as
 ``TooLargeError`` (outcome ``too_large``): Scrapy cancels it with an anonymous cancellation, which read as a
 connection error.
@@ -37,6 +40,7 @@ the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the bo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +59,16 @@ from twisted.web.client import URI, Agent, _HTTP11ClientFactory, _StandardEndpoi
 from zope.interface import implementer
 
 from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_settings
+from crawler.download.redial import RedialRefusedEndpoint, redials_left
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
 
 logger = logging.getLogger(__name__)
+
+#: Refused dials tried again inside the download (crawler/download/redial.py), counted in the crawl stats.
+REDIALS_STAT = "refwatch/refused_redials"
 
 #: Seconds between a host name's connection attempts (Twisted's default: 0.3). A failed attempt is noticed on
 #: the next tick, so this is also the least a refused connection to a named host costs in wall time.
@@ -73,9 +81,12 @@ class FastEndpointFactory(_StandardEndpointFactory):
     """
 
     def __init__(self, reactor: Any, contextFactory: Any, connectTimeout: float | None, bindAddress: Any,
-                 policy: AddressPolicy | None = None) -> None:
+                 policy: AddressPolicy | None = None, redials: int = 0,
+                 on_redial: Callable[[], None] | None = None) -> None:
         super().__init__(reactor, contextFactory, connectTimeout, bindAddress)
         self._policy = policy
+        self._redials = redials  # refused dials tried again at once (crawler/download/redial.py)
+        self._on_redial = on_redial
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         if uri.scheme not in (b"http", b"https"):
@@ -98,6 +109,8 @@ class FastEndpointFactory(_StandardEndpointFactory):
         else:  # not cached, or cached as a list by Scrapy's CachingHostnameResolver: resolve and race
             endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=timeout,
                                         bindAddress=self._bindAddress, attemptDelay=ATTEMPT_DELAY)
+        if self._redials:
+            endpoint = RedialRefusedEndpoint(endpoint, self._redials, self._on_redial)
         if uri.scheme == b"https":  # TLS (SNI, verification) on the name, whatever address is dialled
             return wrapClientTLS(self._policyForHTTPS.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
@@ -230,9 +243,22 @@ class FastScrapyAgent(_ScrapyAgent):
         from twisted.internet import reactor
 
         bindaddress = normalize_bind_address(request.meta.get("bindaddress") or self._bindAddress)
-        policy = policy_from_settings(self._crawler.settings)  # cached: two settings look-ups
-        endpoints = FastEndpointFactory(reactor, self._contextFactory, timeout, bindaddress, policy)
+        settings = self._crawler.settings
+        policy = policy_from_settings(settings)  # cached: two settings look-ups
+        redials = (redials_left(request.meta, settings.getbool("RETRY_ENABLED"), settings.getint("RETRY_TIMES"))
+                   if settings.getbool("REFWATCH_REDIAL_REFUSED", True) else 0)
+        endpoints = FastEndpointFactory(reactor, self._contextFactory, timeout, bindaddress, policy, redials,
+                                        partial(_count_redial, request, self._crawler.stats))
         return _BindAddressAgent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+
+
+def _count_redial(request: Request, stats: Any) -> None:
+    """A refused dial is about to be tried again: it spends one of the request's retries (so RetryMiddleware
+    gives up on the last refusal instead of retrying it again) and counts as a retry in the stats."""
+    request.meta["retry_times"] = request.meta.get("retry_times", 0) + 1
+    if stats is not None:
+        stats.inc_value("retry/count")
+        stats.inc_value(REDIALS_STAT)
 
 
 def _too_large(failure: Failure, readers: list[Any]) -> Failure:
