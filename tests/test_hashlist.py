@@ -540,3 +540,16 @@ def test_hma_data_files(tmp_path: Path) -> None:
     with pytest.raises(HashListError, match=r"g\.hash_pdq\.te:2: value of 6 characters \(not all hex\)"):
         load_hashlist(bad)
     assert load_hashlist(bad, skip_bad_lines=True).bad_lines == 1
+
+
+def test_an_overlong_line_is_a_bad_line_read_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crawler.matching import formats
+
+    monkeypatch.setattr(formats, "MAX_LINE_CHARS", 100)
+    a, b = rand_hex("md5"), rand_hex("md5")
+    path = write(tmp_path, "long.csv", f"algorithm,hash,label\nmd5,{a},{'x' * 5000}\nmd5,{b},ok\n")
+    with pytest.raises(HashListError, match=r"long\.csv:2: a line longer than 100 characters"):
+        load_hashlist(path)
+    hl = load_hashlist(path, skip_bad_lines=True)
+    assert [e.hash for e in hl.entries] == [b]
+    assert list(hl.bad_line_samples) == [(2, "a line longer than 100 characters")]

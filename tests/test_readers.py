@@ -399,3 +399,20 @@ def test_readers_import_neither_scrapy_nor_twisted() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+def test_an_overlong_line_is_a_bad_record_never_held_whole(tmp_path: Path) -> None:
+    from crawler.readers.base import MAX_LINE_BYTES
+
+    long_caption = "x" * (MAX_LINE_BYTES + 10)
+    csv_path = write(tmp_path / "rows.csv", "url,caption\nhttps://a.example/0.jpg,ok\n"
+                     f"https://a.example/1.jpg,{long_caption}\nhttps://a.example/2.jpg,ok\n")
+    jsonl_path = write(tmp_path / "rows.jsonl", json.dumps({"url": "https://a.example/0.jpg"}) + "\n"
+                       + json.dumps({"url": "https://a.example/1.jpg", "caption": long_caption}) + "\n"
+                       + json.dumps({"url": "https://a.example/2.jpg"}) + "\n")
+    for path, line in ((csv_path, 3), (jsonl_path, 2)):
+        bad = Recorder()
+        refs = list(open_snapshot(path, on_bad_record=bad))
+        assert [r.url for r in refs] == ["https://a.example/0.jpg", "https://a.example/2.jpg"], path
+        assert refs[-1].ref_id.endswith(":2")  # the skipped record still counts: later ids do not shift
+        assert [(n, reason) for _, n, reason in bad.calls] == [(line, "a line longer than 8 MiB")], path

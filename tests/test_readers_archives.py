@@ -429,3 +429,21 @@ def test_page_images_survive_junk_markup() -> None:
 ])
 def test_page_encoding(content_type: str | None, head: bytes, expected: str) -> None:
     assert page_encoding(content_type, head) == expected
+
+
+def test_wat_record_over_the_json_limit_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crawler.readers import wat
+
+    monkeypatch.setattr(wat, "MAX_WAT_JSON_BYTES", 2000)
+    path = tmp_path / "big.wat.gz"
+    many = [{"path": "IMG@/src", "url": f"/{i}.png"} for i in range(200)]  # ~6 KB of JSON
+    ranges = build(path, [
+        wat_metadata("https://site1.example/", [{"path": "IMG@/src", "url": "/1.png"}]),
+        wat_metadata("https://site2.example/", many),
+        wat_metadata("https://site3.example/", [{"path": "IMG@/src", "url": "/3.png"}]),
+    ])
+    bad = Recorder()
+    refs = list(open_snapshot(path, on_bad_record=bad))
+    assert [r.url for r in refs] == ["https://site1.example/1.png", "https://site3.example/3.png"]
+    assert [(where, reason) for _, where, reason in bad.calls] == [
+        (ranges[1][0], "WAT metadata record larger than 0 MiB")]

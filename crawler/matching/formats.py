@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 from crawler.matching.hashlist import (
     HEX_DIGITS,
@@ -37,6 +37,8 @@ from crawler.matching.hashlist import (
 
 #: Bad lines whose number and reason are kept for reports (the count is always exact).
 BAD_LINE_SAMPLES: Final = 10
+#: A hash-list line longer than this is a bad line, never held whole (a list row is a hash and a few short cells).
+MAX_LINE_CHARS: Final = 1 << 20
 
 #: ThreatExchange signal type names (python-threatexchange ``SignalType.get_name()``) -> refwatch algorithm.
 #: ``video_md5`` / ``video_sha256`` are file digests, the same functions refwatch computes of image bodies.
@@ -126,9 +128,21 @@ class _Parser:
             b.labels += label.encode("utf-8", "surrogateescape")
         b.label_offsets.append(len(b.labels))
 
-    def physical_lines(self, handle: Iterable[str]) -> Iterator[str]:
-        """Every physical line; ``line`` is its number, and lines that are not UTF-8 go to ``undecodable``."""
-        for self.line, text in enumerate(handle, 1):
+    def physical_lines(self, handle: TextIO) -> Iterator[str]:
+        """Every physical line; ``line`` is its number, and lines that are not UTF-8 go to ``undecodable``. A
+        line longer than ``MAX_LINE_CHARS`` is a bad line: read in pieces, dropped, and a blank line given in
+        its place."""
+        read_line = handle.readline
+        limit = MAX_LINE_CHARS + 1
+        self.line = 0
+        while text := read_line(limit):
+            self.line += 1
+            if len(text) == limit and not text.endswith(("\n", "\r")):
+                while (rest := read_line(1 << 20)) and not rest.endswith(("\n", "\r")):
+                    pass  # the rest of the line, dropped
+                self.bad(self.line, f"a line longer than {MAX_LINE_CHARS} characters")
+                yield "\n"
+                continue
             if not text.isascii():
                 try:
                     text.encode("utf-8")

@@ -26,6 +26,9 @@ BadRecordHandler = Callable[[str, int, str], None]
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_FIRST_LINE = 8 << 20  # a header row or first JSON object longer than this is not a URL table
+#: A line longer than this (bytes) is a bad record, skipped and counted: read in pieces and dropped, never held
+#: whole (a hostile or broken table could otherwise make one "line" of its whole size).
+MAX_LINE_BYTES = MAX_FIRST_LINE
 #: Errors the gzip module raises on a damaged or truncated stream.
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 #: Control characters left after whitespace is collapsed: C0 (NUL, ESC...), DEL and C1.
@@ -129,17 +132,29 @@ class TextLines:
     """The numbered lines of a UTF-8 text stream, decoded one at a time.
 
     A line that is not UTF-8 is still yielded (with replacement characters) so a CSV parser keeps its place,
-    and ``undecodable`` is set so the reader can skip the record it belongs to; the reader clears it.
+    and ``undecodable`` is set so the reader can skip the record it belongs to; the reader clears it. A line
+    longer than ``max_bytes`` is read in pieces and dropped: an empty line is yielded in its place and
+    ``overlong`` set, for the reader to report and clear likewise.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> None:
         self._stream = stream
+        self._max_bytes = max_bytes
         self.number = 0  # 1-based number of the last line yielded
         self.undecodable = False
+        self.overlong = False
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self._stream:
+        read_line = self._stream.readline
+        limit = self._max_bytes + 1
+        while raw := read_line(limit):
             self.number += 1
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                while (rest := read_line(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the line, a MiB at a time, dropped
+                self.overlong = True
+                yield "\n"
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:

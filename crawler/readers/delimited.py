@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from crawler.readers.base import (
     GZIP_ERRORS,
+    MAX_LINE_BYTES,
     BadRecordHandler,
     BadRecords,
     TextLines,
@@ -96,6 +97,11 @@ class DelimitedReader:
                         break
                     except csv.Error as exc:
                         bad(start, f"malformed {self._fmt.upper()} record: {exc}")
+                        row += 1
+                        continue
+                    if lines.overlong:
+                        lines.overlong = False
+                        bad(start, f"a line longer than {MAX_LINE_BYTES >> 20} MiB")
                         row += 1
                         continue
                     if not cells:

@@ -15,6 +15,7 @@ from typing import Any
 
 from crawler.readers.base import (
     GZIP_ERRORS,
+    MAX_LINE_BYTES,
     BadRecordHandler,
     BadRecords,
     TextLines,
@@ -76,6 +77,11 @@ class JsonLinesReader:
             row = 0
             try:
                 for text in lines:
+                    if lines.overlong:
+                        lines.overlong = False
+                        bad(lines.number, f"a line longer than {MAX_LINE_BYTES >> 20} MiB")
+                        row += 1
+                        continue
                     if not text.strip():
                         continue
                     number = lines.number

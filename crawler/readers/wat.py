@@ -29,6 +29,11 @@ IMAGE_LINK_PATH: Final = "IMG@/src"
 _HTML_METADATA: Final = ("Envelope", "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
 
 
+#: A metadata record's JSON larger than this is a bad record, read no further: Common Crawl's are a few KiB to a
+#: few MiB (a page with many links), and one record of a damaged or hostile file could otherwise be its size.
+MAX_WAT_JSON_BYTES: Final = 64 << 20
+
+
 class WatReader(ArchiveReader):
     """A validated WAT snapshot: the ``IMG@/src`` links of its metadata records."""
 
@@ -53,8 +58,11 @@ class _LinkExtractor:
         if "json" not in (record.header("Content-Type") or "").lower():
             return None
         self.json_records += 1
+        payload = record.body(MAX_WAT_JSON_BYTES + 1)
+        if len(payload) > MAX_WAT_JSON_BYTES:
+            raise BadRecord(f"WAT metadata record larger than {MAX_WAT_JSON_BYTES >> 20} MiB")
         try:
-            document = json.loads(record.body())
+            document = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # undecodable bytes too; RecursionError: nested too deep
             raise BadRecord(f"invalid JSON in WAT metadata record: {exc}") from None
         if not isinstance(document, dict):
