@@ -426,6 +426,17 @@ def test_page_images_survive_junk_markup() -> None:
     ("text/html; charset=bogus", b"", "utf-8"),
     ("text/html; charset=zlib", b"", "utf-8"),
     (None, b"\xef\xbb\xbf<html>", "utf-8-sig"),
+    # labels of the web (WHATWG), not Python's: ignored when browsers do not know them, decoded as browsers do
+    ("text/html; charset=utf-7", b"", "utf-8"),
+    ("text/html; charset=rot13", b'<meta charset="x-sjis">', "cp932"),
+    ("text/html; charset=unicode-1-1-utf-8", b"", "utf-8"),
+    ("text/html; charset=ks_c_5601-1987", b"", "cp949"),
+    ("text/html", b'<meta charset="gb2312">', "gb18030"),
+    ("text/html", b'<meta charset="x-mac-roman">', "mac-roman"),
+    ("text/html", b'<meta charset="dos-874">', "cp874"),
+    ("text/html", b'<meta charset="utf-16">', "utf-8"),  # HTML: a <meta> read as ASCII cannot mean UTF-16
+    ("text/html", b'<meta charset="x-user-defined">', "cp1252"),
+    ("text/html; charset=x-user-defined", b"", "x-user-defined"),
 ])
 def test_page_encoding(content_type: str | None, head: bytes, expected: str) -> None:
     assert page_encoding(content_type, head) == expected

@@ -84,6 +84,9 @@ def test_huge_attribute_and_many_images() -> None:
 @pytest.mark.parametrize(("body", "content_type", "expected_alt"), [
     ('<img src="x.png" alt="café">'.encode("cp1252"), "text/html; charset=ISO-8859-1", "café"),
     ('<meta charset="windows-1251"><img src="x.png" alt="Привет">'.encode("cp1251"), "text/html", "Привет"),
+    # a page labelled gb2312 written in GBK (browsers decode GB18030): 镕 is GBK, not GB2312
+    ('<meta charset="gb2312"><img src="x.png" alt="镕">'.encode("gbk"), "text/html", "镕"),
+    (b'<img src="x.png" alt="\xe9">', "text/html; charset=x-user-defined", "\uf7e9"),
     ('<img src="x.png" alt="日本">'.encode(), "text/html", "日本"),  # valid UTF-8: parsed as bytes
     (b"\xef\xbb\xbf" + '<img src="x.png" alt="ü">'.encode(), None, "ü"),  # byte-order mark
     ('<img src="x.png" alt="ü">'.encode("utf-16"), "text/html", "ü"),

@@ -9,7 +9,7 @@ The page is parsed by Lexbor (selectolax), an HTML5 parser in C, about ten times
 ``<textarea>``, ``<title>`` or ``<template>`` is text or inert, ``<image>`` is an ``<img>``, images that
 tables foster out of place keep the DOM's order, ``&not=`` in a URL stays as written, and attribute values
 have their newlines normalised. The charset is still chosen by ``page_encoding`` (byte-order mark, HTTP
-header, ``<meta charset>``, UTF-8); valid UTF-8 goes to Lexbor as bytes, anything else is decoded here first
+header, ``<meta charset>``, UTF-8; the web's labels and decoders, as browsers read them); valid UTF-8 goes to Lexbor as bytes, anything else is decoded here first
 (undecodable bytes become U+FFFD). A page is held whole while parsed; more than ``MAX_HTML_BYTES`` is cut.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urljoin
 
+import webencodings
 from selectolax.lexbor import LexborHTMLParser
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,13 @@ _SNIFF_BYTES: Final = 4096  # where HTML requires a <meta charset> to be
 _CHARSET_PARAM = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
 _BOMS: Final = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-#: WHATWG Encoding: these labels mean windows-1252 on the web (a page saying latin-1 uses 0x80-0x9f as cp1252).
-_WEB_ALIASES: Final = {"iso8859-1": "cp1252", "ascii": "cp1252"}
+#: WHATWG encodings whose decoder is a superset of the Python codec of the same name: what browsers decode such
+#: pages with (a page labelled gb2312 is written in GBK or GB18030, one labelled euc-kr in Windows-949...).
+_BROWSER_CODECS: Final = {"gbk": "gb18030", "gb18030": "gb18030", "euc-kr": "cp949", "big5": "big5hkscs",
+                          "shift_jis": "cp932"}
+#: HTML's rule for a <meta> label (the bytes were already read as ASCII to find it): these mean something else.
+_META_OVERRIDES: Final = {"utf-16le": "utf-8", "utf-16be": "utf-8", "x-user-defined": "windows-1252"}
+X_USER_DEFINED: Final = "x-user-defined"  # a WHATWG encoding Python has no codec for (webencodings has one)
 _URL_TRIM = "".join(chr(c) for c in range(0x21))  # the URL standard strips C0 controls and space at both ends
 _URL_DROP = str.maketrans("", "", "\t\n\r")  # ... and removes tabs and newlines anywhere
 
@@ -59,22 +65,23 @@ def resolve(base: str | None, src: str) -> str:
 
 
 def page_encoding(content_type: str | None, head: bytes) -> str:
-    """The page's charset: a byte-order mark, else the HTTP header's, else ``<meta charset>``, else UTF-8."""
+    """The page's charset as a Python codec name: a byte-order mark, else the HTTP header's label, else the
+    ``<meta charset>`` label, else UTF-8. Labels are the web's (WHATWG Encoding, through ``webencodings``: "latin1"
+    and "ascii" mean windows-1252, "x-sjis" Shift_JIS...); a label browsers do not know is ignored, as they
+    ignore it, Python-only names included ("rot13", "utf-7", "zlib")."""
     for bom, name in _BOMS:
         if head.startswith(bom):
             return name
     found = _CHARSET_PARAM.search(content_type or "")
-    candidates = [found.group(1) if found else None]
     meta = _META_CHARSET.search(head[:_SNIFF_BYTES])
-    candidates.append(meta.group(1).decode("ascii") if meta else None)
-    for name in candidates:
-        if name:
-            try:
-                info = codecs.lookup(name)
-            except LookupError:
-                continue  # an unknown label: browsers ignore it too
-            if getattr(info, "_is_text_encoding", True):  # not base64, zlib, rot13 and other transforms
-                return _WEB_ALIASES.get(info.name, info.name)
+    for label, from_meta in ((found.group(1) if found else None, False),
+                             (meta.group(1).decode("ascii") if meta else None, True)):
+        encoding = webencodings.lookup(label) if label else None
+        if encoding is not None:
+            name = _META_OVERRIDES.get(encoding.name, encoding.name) if from_meta else encoding.name
+            if name == X_USER_DEFINED:
+                return name
+            return _BROWSER_CODECS.get(name) or webencodings.lookup(name).codec_info.name
     return "utf-8"
 
 
@@ -82,7 +89,9 @@ def body_images(body: bytes, content_type: str | None, page_url: str | None) -> 
     """Every ``<img src>`` of an HTML body in bytes (charset from ``page_encoding``); see ``page_images``."""
     encoding = page_encoding(content_type, body[:_SNIFF_BYTES])
     html: bytes | str = body
-    if encoding != "utf-8" or not (body.isascii() or _is_utf8(body)):
+    if encoding == X_USER_DEFINED:
+        html = webencodings.lookup(encoding).codec_info.decode(body, "replace")[0]
+    elif encoding != "utf-8" or not (body.isascii() or _is_utf8(body)):
         html = body.decode(encoding, errors="replace")
     return _dom_images(LexborHTMLParser(html), page_url)
 
