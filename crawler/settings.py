@@ -145,6 +145,9 @@ DOWNLOADER_MIDDLEWARES = {
     # shared slots (REFWATCH_REDIS_URL): last before the download, first back, freed before Retry/Redirect re-ask
     "middlewares.shared_politeness.SharedPolitenessMiddleware": 950,
     "middlewares.hashing.ImageHashMiddleware": 540,
+    # Scrapy's, in its place, dropping any Referer without warning that RefererMiddleware is off (see above)
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "middlewares.redirect.NoRefererRedirectMiddleware": 600,
 }
 
 # Matching decides `matched` before the row is written, so the writer (last) sees final rows.

@@ -139,3 +139,22 @@ def test_match_pipeline_reuses_the_lists_the_runner_checked(tmp_path) -> None:
     assert crawler.settings.get("REFWATCH_LOADED_HASHLISTS") is loaded
     pipeline = MatchPipeline.from_crawler(crawler)
     assert pipeline.matcher._indexes["md5"][0][0] is loaded[0]
+
+
+def test_redirects_drop_the_referer_without_warning() -> None:
+    from scrapy import signals
+    from scrapy.http import HtmlResponse
+
+    from middlewares.redirect import NoRefererRedirectMiddleware
+
+    crawler = get_crawler(settings_dict=SETTINGS)
+    middleware = build_from_crawler(NoRefererRedirectMiddleware, crawler)
+    # Scrapy's RedirectMiddleware looks for RefererMiddleware at engine start and warns that it is off
+    answered = crawler.signals.send_catch_log(signals.engine_started)
+    assert not [receiver for receiver, _ in answered if getattr(receiver, "__self__", None) is middleware]
+    request = Request("http://a.example/x.jpg", headers={"Referer": "http://pages.example/p"})
+    redirect = HtmlResponse("http://a.example/x.jpg", status=301, headers={"Location": "http://b.example/y.jpg"},
+                            request=request)
+    followed = middleware.process_response(request, redirect)
+    assert isinstance(followed, Request) and followed.url == "http://b.example/y.jpg"
+    assert "Referer" not in followed.headers
