@@ -251,6 +251,34 @@ def test_hash_lists_on_s3_load_like_local_ones_and_come_from_the_cache_after(
     assert not fresh.from_cache and len(fresh) == len(local[1]) + 1
 
 
+def test_hashlist_commands_take_s3_lists_and_compile_beside_them(s3_server, bucket: str, tmp_path: Path) -> None:
+    known = tmp_path / "known.csv"
+    known.write_text("algorithm,hash,id,label\n" + "".join(
+        f"phash,{i * 7919:016x},img{i},l{i % 3}\n" for i in range(1, 200)), encoding="utf-8")
+    url = _put(s3_server, bucket, "lists/known.csv", known)
+    env = {"REFWATCH_INPUT_CACHE": str(tmp_path / "cache")}
+    endpoint = ("--s3-endpoint-url", s3_server.endpoint)
+
+    stats = run_refwatch("hashlist", "stats", url, "--json", *endpoint, env=env)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    report = json.loads(stats.stdout)
+    assert (report["path"], report["entries"], report["from_cache"]) == (url, {"phash": 199}, False)
+
+    compiled = run_refwatch("hashlist", "compile", url, *endpoint, env=env)
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    assert f"{url} -> {url}.rwidx: 199 entries" in compiled.stdout
+    # a new cache (another worker): the list comes with its compiled file, mapped instead of parsed
+    other = {"REFWATCH_INPUT_CACHE": str(tmp_path / "cache2")}
+    again = run_refwatch("hashlist", "stats", url, "--json", *endpoint, env=other)
+    assert json.loads(again.stdout)["from_cache"] is True
+
+    matched = run_refwatch("hashlist", "match", url, "--hash", f"phash:{7919:016x}", "--json", *endpoint, env=other)
+    assert matched.returncode == 0 and json.loads(matched.stdout.splitlines()[0])["entry_id"] == "img1"
+
+    missing = run_refwatch("hashlist", "stats", f"s3://{bucket}/lists/none.csv", *endpoint, env=env)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such object" in missing.stderr
+
+
 # --- manifests ---------------------------------------------------------------------------------------------------
 
 

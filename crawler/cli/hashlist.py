@@ -55,7 +55,10 @@ def add_hashlist_commands(subparsers: Any) -> None:
 
 
 def _add_list_options(p: argparse.ArgumentParser, nargs: str) -> None:
-    p.add_argument("lists", nargs=nargs, metavar="LIST", help="[NAME=]PATH of a hash list")
+    p.add_argument("lists", nargs=nargs, metavar="LIST", help="[NAME=]PATH of a hash list (or s3://BUCKET/KEY)")
+    p.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                   help="S3-compatible endpoint for s3:// lists (default: boto3's, e.g. AWS_ENDPOINT_URL); "
+                        "lists are cached in REFWATCH_INPUT_CACHE")
     p.add_argument("--hashlist-algorithm", choices=ALGORITHMS,
                    help="algorithm of plain-text hash lists (one hex hash a line)")
     p.add_argument("--skip-bad-lines", action="store_true",
@@ -71,7 +74,8 @@ def cmd_hashlist(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from crawler.matching.loading import load_hashlists
 
-    for hashlist in load_hashlists(args.lists, args.hashlist_algorithm, skip_bad_lines=args.skip_bad_lines):
+    for hashlist in load_hashlists(args.lists, args.hashlist_algorithm, skip_bad_lines=args.skip_bad_lines,
+                                   remote=_remote(args)):
         report = {
             "list": hashlist.name,
             "path": hashlist.path,
@@ -114,7 +118,8 @@ def _match(args: argparse.Namespace) -> int:
     from crawler.matching.matcher import Matcher
 
     queries = list(_queries_from_file(args.hashes_file) if args.hashes_file else _queries_from_args(args.hashes))
-    lists = load_hashlists(args.lists, args.hashlist_algorithm, skip_bad_lines=args.skip_bad_lines)
+    lists = load_hashlists(args.lists, args.hashlist_algorithm, skip_bad_lines=args.skip_bad_lines,
+                           remote=_remote(args))
     try:
         matcher = Matcher(lists, radii=dict(args.radius))
     except ValueError as exc:
@@ -194,18 +199,40 @@ def _queries_from_file(path: str) -> Iterator[Query]:
         yield _query(source, algorithm, value)
 
 
-def _compile(args: argparse.Namespace) -> int:
+def _remote(args: argparse.Namespace) -> Any:
+    """S3 access for ``s3://`` lists (the crawl's: same endpoint option, same input cache), else None."""
     from crawler.matching.hashlist import parse_hashlist_spec
-    from crawler.matching.compiled import compile_hashlist
+    from crawler.storage.inputs import configure_inputs, is_s3_url
 
+    if not any(is_s3_url(parse_hashlist_spec(spec)[1]) for spec in args.lists):
+        return None
+    return configure_inputs(args.s3_endpoint_url)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from crawler.matching.compiled import SUFFIX, compile_hashlist
+    from crawler.matching.hashlist import HashListError, parse_hashlist_spec
+    from crawler.storage.inputs import is_s3_url
+
+    remote = _remote(args)
     for spec in args.lists:
         _, path = parse_hashlist_spec(spec)
         started = time.perf_counter()
-        hashlist, target = compile_hashlist(path, algorithm=args.hashlist_algorithm,
-                                            skip_bad_lines=args.skip_bad_lines, radii=dict(args.radius))
+        # An s3:// list is compiled from its cached copy, and the compiled file goes beside the object, where
+        # every worker's loader looks for it (crawler/matching/loading.py).
+        source = remote.local_copies(path, None)[0] if is_s3_url(path) else path
+        try:
+            hashlist, target = compile_hashlist(source, algorithm=args.hashlist_algorithm,
+                                                skip_bad_lines=args.skip_bad_lines, radii=dict(args.radius))
+        except HashListError as exc:
+            raise HashListError(path, exc.line, exc.reason.replace(str(source), path)) from None
+        where = str(target)
+        if is_s3_url(path):
+            where = path + SUFFIX
+            remote.upload(target, where)
         seconds = time.perf_counter() - started
         counts = ", ".join(f"{algorithm} {count:,}" for algorithm, count in hashlist.count_by_algorithm().items())
-        print(f"{path} -> {target}: {len(hashlist):,} entries ({counts}), {hashlist.bad_lines:,} bad lines "
+        print(f"{path} -> {where}: {len(hashlist):,} entries ({counts}), {hashlist.bad_lines:,} bad lines "
               f"skipped, {target.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s")
     sys.stdout.flush()
     return EXIT_OK

@@ -268,6 +268,12 @@ class S3Inputs:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def upload(self, local: Path, url: str) -> None:
+        """Put the file ``local`` at ``url`` (multipart when large, retried like reads): what ``refwatch hashlist
+        compile`` does with the compiled file of an ``s3://`` list, beside it, for every worker's loader."""
+        bucket, key = split_s3_url(url)
+        self._retry(lambda: self._call(url, "upload", "upload_file", Filename=str(local), Bucket=bucket, Key=key))
+
     # --- S3 calls ----------------------------------------------------------------------------------------
 
     def client(self) -> Any:
@@ -308,6 +314,7 @@ class S3Inputs:
             NoCredentialsError,
             PartialCredentialsError,
         )
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         from crawler.storage.s3 import _DENIED_CODES, _TRANSIENT_CODES
@@ -340,6 +347,8 @@ class S3Inputs:
             raise TransientStoreError(f"{url}: {operation}: S3 closed the connection mid-answer") from None
         except BotoCoreError as exc:
             raise StoreError(f"{url}: {operation} failed: {type(exc).__name__}") from None
+        except S3UploadFailedError as exc:  # upload_file's wrapper around the ClientError of a part
+            raise StoreError(f"{url}: {operation} failed: {str(exc).splitlines()[0][:200]}") from None
 
     # --- what the readers see ----------------------------------------------------------------------------
 
