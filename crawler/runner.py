@@ -194,8 +194,9 @@ _PARENT_ONLY = ("REFWATCH_PROGRESS", "REFWATCH_METRICS_PORT", "REFWATCH_METRICS_
                 "REFWATCH_PUSHGATEWAY")
 
 
-def plan_run(settings: Settings, shard_size: int) -> tuple[Any, Any, list[str]]:
-    """The run's outputs and its plan (cheap: Parquet footers and file names); bad snapshots are InputError."""
+def plan_run(settings: Settings, shard_size: int, split: int = 1) -> tuple[Any, Any, list[str]]:
+    """The run's outputs and its plan (cheap: Parquet footers and file names; Parquet shards in multiples of
+    ``split``, see ``plan_shards``); bad snapshots are InputError."""
     from crawler.references import SnapshotError
     from crawler.shards.plan import plan_shards
     from crawler.storage.base import StoreError
@@ -209,7 +210,7 @@ def plan_run(settings: Settings, shard_size: int) -> tuple[Any, Any, list[str]]:
     run = run_context(settings.get("REFWATCH_OUT"), settings.get("REFWATCH_RUN_ID"), settings.get("REFWATCH_QUEUE"),
                       settings)
     try:
-        plan = plan_shards(run.run_id, snapshots, shard_size)
+        plan = plan_shards(run.run_id, snapshots, shard_size, split)
     except (SnapshotError, StoreError, ValueError) as exc:
         raise InputError(str(exc)) from exc
     return run, plan, snapshots
@@ -265,7 +266,7 @@ def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int
     from crawler.shards.finish import finish_sharded_run, missing_shards
     from crawler.workers.local import crawl_shards
 
-    run, plan, snapshots = plan_run(settings, shard_size)
+    run, plan, snapshots = plan_run(settings, shard_size, split=processes)
     if len(plan.shards) < 2 or processes < 2:
         return None
     sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)

@@ -41,12 +41,23 @@ def test_plan_cuts_parquet_by_rows_and_other_files_whole(tmp_path: Path) -> None
     csv = tmp_path / "b.csv"
     csv.write_text("url\nhttp://example.test/x.jpg\nhttp://example.test/y.jpg\n", encoding="utf-8")
     plan = plan_shards("r1", [str(table), str(csv)], shard_size=100)
-    assert [(s.shard_id, s.start, s.stop, s.references) for s in plan.shards] == [
-        ("s00000", 0, 100, 100), ("s00001", 100, 200, 100), ("s00002", 200, 250, 50), ("s00003", None, None, None)]
+    assert [(s.shard_id, s.start, s.stop, s.references) for s in plan.shards] == [  # equal, at most 100 rows
+        ("s00000", 0, 83, 83), ("s00001", 83, 166, 83), ("s00002", 166, 250, 84), ("s00003", None, None, None)]
     assert plan.shards[3].whole_file and plan.shards[3].path == str(csv)
     assert plan.references is None  # the CSV's count is known once it is read
     assert plan_shards("r1", [str(table)], shard_size=100).references == 250
     assert plan_shards("r1", [str(table), str(csv)], shard_size=100) == plan  # deterministic
+
+
+def test_plan_cuts_equal_shards_in_multiples_of_the_processes(tmp_path: Path) -> None:
+    table = _parquet(tmp_path / "a.parquet", [f"http://example.test/{i}.jpg" for i in range(500)])
+    sizes = [s.references for s in plan_shards("r1", [str(table)], shard_size=200, split=2).shards]
+    assert sizes == [125, 125, 125, 125]  # not 200 + 200 + a 100-row tail crawled alone
+    assert [s.references for s in plan_shards("r1", [str(table)], shard_size=200, split=3).shards] == [
+        166, 167, 167]
+    assert len(plan_shards("r1", [str(table)], shard_size=100, split=4).shards) == 8  # 5, rounded up
+    assert len(plan_shards("r1", [str(table)], shard_size=600, split=2).shards) == 1  # one shard's worth: one
+    assert sum(s.references or 0 for s in plan_shards("r1", [str(table)], shard_size=7, split=4).shards) == 500
 
 
 def test_plan_round_trips_and_rejects_nonsense(tmp_path: Path) -> None:
@@ -54,7 +65,7 @@ def test_plan_round_trips_and_rejects_nonsense(tmp_path: Path) -> None:
     plan = plan_shards("r2", [str(table)], shard_size=7)
     write_plan(tmp_path / "run", plan)
     assert read_plan(tmp_path / "run") == plan
-    assert len(plan.shards) == 5 and plan.shard("s00004").references == 2
+    assert len(plan.shards) == 5 and plan.shard("s00004").references == 6
     with pytest.raises(PlanError):
         read_plan(tmp_path / "nowhere")
     with pytest.raises(ValueError):
@@ -180,7 +191,7 @@ def test_processes_give_the_rows_one_process_gives(web, tmp_path: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     plan = read_plan(run_dir)
-    assert [s.references for s in plan.shards] == [16, 16, 16, 12]
+    assert [s.references for s in plan.shards] == [15, 15, 15, 15]  # equal, a multiple of --processes
     assert sorted(p.name for p in (run_dir / "shards").iterdir()) == ["s00000", "s00001", "s00002", "s00003"]
     # only the commit markers stay: the attempts' parts became the run's final parts
     assert sorted(p.name for p in (run_dir / "shards").rglob("*") if p.is_file()) == ["commit.json"] * 4

@@ -1,9 +1,12 @@
 """The plan of a sharded run: which references each shard holds, fixed before any work starts.
 
-A shard is a row range of a splittable snapshot (Parquet: ``shard_size`` rows, read without the rows before
-it) or one whole file of the other formats (CSV/TSV/JSON Lines and WAT/WARC archives are read from their
-start). Shard ids follow the snapshot order (``s00000``, ``s00001``, ...), so planning the same snapshots with
-the same shard size always gives the same shards — which is what lets a lost Redis stream be re-planned, and
+A shard is a row range of a splittable snapshot (Parquet: at most ``shard_size`` rows, read without the rows
+before it) or one whole file of the other formats (CSV/TSV/JSON Lines and WAT/WARC archives are read from their
+start). A Parquet file is cut into equal shards (sizes differ by a row at most), as few as ``shard_size``
+allows, and their number is rounded up to a multiple of ``split`` (``crawl --processes``): 50,000 rows at
+20,000 for two processes are four shards of 12,500, not 20,000 + 20,000 + a 10,000-row tail that one core
+crawls alone while the other waits. Shard ids follow the snapshot order (``s00000``, ``s00001``, ...), so planning the same snapshots with
+the same shard size (and split) always gives the same shards — which is what lets a lost Redis stream be re-planned, and
 a shard's attempts be compared. The plan is written once, as ``runs/<id>/plan.json``, before any shard starts.
 """
 
@@ -83,8 +86,9 @@ class Plan:
             raise PlanError(f"not a refwatch shard plan: {exc}") from None
 
 
-def plan_shards(run_id: str, paths: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> Plan:
-    """Cut the snapshots into shards, in order: Parquet files by ``shard_size`` rows, other files whole."""
+def plan_shards(run_id: str, paths: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE, split: int = 1) -> Plan:
+    """Cut the snapshots into shards, in order: Parquet files into equal shards of at most ``shard_size`` rows,
+    as many as a multiple of ``split``; other files whole."""
     if shard_size < 1:
         raise ValueError(f"shard size must be at least 1, not {shard_size}")
     shards: list[Shard] = []
@@ -92,12 +96,21 @@ def plan_shards(run_id: str, paths: Sequence[str], shard_size: int = DEFAULT_SHA
         snapshot = open_snapshot(path)
         total = snapshot.total
         if snapshot.splittable and total is not None:
-            for start in range(0, total, shard_size):
-                stop = min(start + shard_size, total)
+            for start, stop in equal_ranges(total, shard_size, split):
                 shards.append(Shard(f"s{len(shards):05d}", str(path), start, stop, stop - start))
         else:
             shards.append(Shard(f"s{len(shards):05d}", str(path)))
     return Plan(run_id=run_id, shard_size=shard_size, shards=tuple(shards))
+
+
+def equal_ranges(total: int, most: int, split: int = 1) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``total`` rows: as few as hold at most ``most`` rows each, their number
+    rounded up to a multiple of ``split`` when there are several (rows that fit one range stay one: a small
+    file is not worth more processes' start-up), never more ranges than rows, sizes differing by a row at most."""
+    count = -(-total // most)
+    if count > 1:
+        count = min(total, -(-count // max(1, split)) * max(1, split))
+    return [(i * total // count, (i + 1) * total // count) for i in range(count)]
 
 
 def write_plan(run_dir: Path, plan: Plan) -> Path:
