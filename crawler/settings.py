@@ -187,3 +187,16 @@ REFWATCH_ALLOW_NETWORKS: list[str] = []
 # REFWATCH_MAX_PIXELS RGB image: ~370 MiB of decode memory whatever REFWATCH_HASH_THREADS is (measured: eight
 # 64-megapixel PNGs at once peaked a crawl at 640 MiB with it, 1 GiB without; tests/test_memory.py).
 REFWATCH_DECODE_PIXEL_BUDGET = 64_000_000
+
+# --- body memory (crawler/download/body_budget.py; crawler/download/budgeted_body.py) ---------------------
+# Body bytes held at once by all downloads together, from their arrival until the body is dropped (hashed, or
+# failed, cancelled, timed out, too_large, not hashed). A download the budget refuses stops reading (its
+# socket is paused, so TCP slows the sender) until bytes come back; time paused does not count towards
+# DOWNLOAD_TIMEOUT, up to one more timeout. The budget keeps one 64 KiB read per download slot
+# (CONCURRENT_REQUESTS: 4 MiB) and room for one body at DOWNLOAD_MAXSIZE, so the bytes held never pass it and
+# the download holding the most always goes on; other downloads share the rest (here ~42 MiB). Smaller than
+# that, a body that does not fit is downloaded alone, past the budget. 0: no budget (each download holds up
+# to DOWNLOAD_MAXSIZE: 64 x 50 MiB). Measured (tests/test_memory.py): eight oversized chunked bodies at once
+# 297 MiB (565 without); every hostile answer at once 730 MiB (889 without), all outcomes right; 64 MiB gave
+# 702-725 MiB and 56 MiB 695-697 MiB but turned oversized answers into timeouts (they wait in turn).
+REFWATCH_BODY_BUDGET = 96 * 1024 * 1024

@@ -11,6 +11,11 @@ Decoding is where a crawl's memory peaks, so the threads share one ``PixelBudget
 (``REFWATCH_DECODE_PIXEL_BUDGET``): an image waits, in its thread, until its pixels fit beside those being
 decoded. And the crawl lets Pillow hold a whole image in one memory block (``hold_images_in_one_block``),
 which the hashing reads in place.
+
+A body's bytes count against the crawl's body budget (``REFWATCH_BODY_BUDGET``, crawler/download/) from the
+moment they arrive until the body is dropped: here, once it is hashed, or at once when it is not hashed (a
+non-2xx answer, or not a reference: the body goes on to Scrapy's own components, which are not budgeted).
+The download handler puts the callable that gives them back in the request's meta (``BODY_RELEASE_META``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from crawler.references import REFERENCE_META
 DIGEST_META = "refwatch_digest"
 DIHEDRAL_META = "refwatch_pdq_dihedral"
 BODY_SIZE_META = "refwatch_body_size"
+#: Set by the download handler (crawler/download/budgeted_body.py, which this layer does not import): a
+#: callable giving the body's bytes back to the body budget; called once the body is dropped here.
+BODY_RELEASE_META = "refwatch_body_release"
 
 # Stats keys, set when the spider closes: decodes that waited for the budget and for how long in all, the most
 # budget pixels ever in flight, and images larger than the whole budget (decoded alone).
@@ -78,6 +86,14 @@ class ImageHashMiddleware:
         return middleware
 
     async def process_response(self, request: Request, response: Response) -> Response:
+        release = request.meta.pop(BODY_RELEASE_META, None)
+        try:
+            return await self._hashed(request, response)
+        finally:
+            if release is not None:
+                release()  # hashed, not hashed or failed: the body is dropped (or leaves the download layer)
+
+    async def _hashed(self, request: Request, response: Response) -> Response:
         if REFERENCE_META not in request.meta:
             return response  # not a reference (e.g. robots.txt): Scrapy's own components need the body
         body = response.body

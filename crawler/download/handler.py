@@ -24,6 +24,10 @@ A body that passes the size limit while it streams (chunked, or read until the c
 ``TooLargeError`` (outcome ``too_large``): Scrapy cancels it with an anonymous cancellation, which read as a
 connection error.
 
+Bodies are held within the crawl's body budget (``REFWATCH_BODY_BUDGET``; crawler/download/budgeted_body.py):
+Scrapy's body reader is wrapped so that a download the budget refuses is paused, a failed download gives its
+bytes back here, and a finished one hands them over with its response.
+
 Everything else is the stock handler's: TLS context factory (``wrapClientTLS``), proxies (their agents are
 Scrapy's, unchanged), maxsize/warnsize, dataloss, bindaddress, the connection pool and its settings.
 
@@ -33,7 +37,9 @@ Private names relied on (checked against Scrapy 2.19 and Twisted 26.10): Scrapy'
 ``_default_warnsize``, ``_fail_on_dataloss(_warned)``, ``_tls_verbose_logging``, ``_crawler``; Twisted's
 ``twisted.web.client._StandardEndpointFactory`` (its ``_reactor``, ``_policyForHTTPS``, ``_connectTimeout``,
 ``_bindAddress``, the last two read by Scrapy's agents); ``scrapy.resolver.dnscache`` (name -> address); and
-the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the body protocol it delivers to).
+the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the body protocol it delivers to);
+``_ScrapyAgent``'s ``_timeout_cl`` (the download timeout's ``DelayedCall``, delayed by time paused for the
+body budget) and ``_connectTimeout`` (the download timeout when the request sets none).
 ``download_request`` repeats the stock one's body because it names ``_ScrapyAgent`` directly.
 """
 
@@ -59,6 +65,8 @@ from twisted.web.client import URI, Agent, _HTTP11ClientFactory, _StandardEndpoi
 from zope.interface import implementer
 
 from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_settings
+from crawler.download.body_budget import BodyBudget
+from crawler.download.budgeted_body import BODY_RELEASE_META, BudgetedBody, budget_for, hand_over
 from crawler.download.redial import RedialRefusedEndpoint, redials_left
 
 if TYPE_CHECKING:
@@ -221,21 +229,41 @@ class TooLargeError(Exception):
 
 
 class FastScrapyAgent(_ScrapyAgent):
+    def __init__(self, *, body_budget: BodyBudget | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._body_budget = body_budget
+        self.body: BudgetedBody | None = None  # the body being read, when there is a budget and a body
+
     def _cb_bodyready(self, txresponse: Any, request: Request) -> Any:
         """Scrapy's, except that a body cancelled for passing the size limit while it streamed fails as
-        ``TooLargeError`` instead of an anonymous cancellation (which reads as a connection error)."""
+        ``TooLargeError`` instead of an anonymous cancellation (which reads as a connection error), and that
+        the body is read within the body budget."""
         readers: list[Any] = []
         deliver = txresponse.deliverBody
 
         def deliver_and_keep(protocol: Any) -> None:
             readers.append(protocol)
-            deliver(protocol)
+            if self._body_budget is None:
+                deliver(protocol)
+                return
+            length = txresponse.length
+            timeout = request.meta.get("download_timeout") or self._connectTimeout
+            self.body = BudgetedBody(protocol, self._body_budget, length if isinstance(length, int) else None,
+                                     self._extend_timeout, timeout)
+            deliver(self.body)
+            self.body.delivered()
 
         txresponse.deliverBody = deliver_and_keep
         result = super()._cb_bodyready(txresponse, request)
         if isinstance(result, Deferred):
             result.addErrback(_too_large, readers)
         return result
+
+    def _extend_timeout(self, seconds: float) -> None:
+        """Push the download timeout back by ``seconds`` (time the body spent paused for the budget)."""
+        call = getattr(self, "_timeout_cl", None)
+        if call is not None and call.active():
+            call.delay(seconds)
 
     def _get_agent(self, request: Request, timeout: float) -> Agent:
         if request.meta.get("proxy"):
@@ -276,10 +304,13 @@ class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
         limits = {"max_head_bytes": crawler.settings.getint("REFWATCH_MAX_HEAD_BYTES", MAX_HEAD_BYTES),
                   "max_header_lines": crawler.settings.getint("REFWATCH_MAX_HEADER_LINES", MAX_HEADER_LINES)}
         self._pool._factory = partial(BoundedClientFactory, **limits)
+        self._body_budget = budget_for(crawler)
 
     async def download_request(self, request: Request) -> Response:
         spider: Any = self._crawler.spider
+        request.meta.pop(BODY_RELEASE_META, None)  # an earlier attempt's (a retry's meta is a copy)
         agent = FastScrapyAgent(
+            body_budget=self._body_budget,
             contextFactory=self._contextFactory,
             bindAddress=self._bind_address,
             pool=self._pool,
@@ -291,9 +322,14 @@ class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
         )
         try:
             with wrap_twisted_exceptions():
-                return await maybe_deferred_to_future(agent.download_request(request))
-        except ResponseDataLossError:
-            if not self._fail_on_dataloss_warned:
+                response = await maybe_deferred_to_future(agent.download_request(request))
+        except BaseException as error:  # failed, cancelled, timed out, too large: the bytes read come back
+            if agent.body is not None:
+                agent.body.hold.release()
+            if isinstance(error, ResponseDataLossError) and not self._fail_on_dataloss_warned:
                 logger.warning(get_dataloss_msg(request.url))
                 self._fail_on_dataloss_warned = True
             raise
+        if agent.body is not None:
+            hand_over(agent.body.hold, request, response)
+        return response
