@@ -18,7 +18,10 @@ from start to exit, CPU of the whole process tree from ``os.wait4``, peak RSS of
 - ``crawl x1``: ``refwatch crawl SNAPSHOT --processes 1`` (one process, as before ``--processes`` existed;
   ``--shard-size`` is passed too, and ignored by one process);
 - ``crawl x2``: the same with ``--processes 2``: a parent that plans the shards, one ``refwatch _shard`` child
-  per shard (at most two at a time), then the end-of-run pass in the parent;
+  per shard (at most two at a time), forked from a warm zygote (crawler/workers/zygote.py), then the end-of-run
+  pass in the parent;
+- ``crawl x2, exec``: the same with ``REFWATCH_SHARD_START=exec``: each shard child a new interpreter, paying a
+  crawl process's start-up (the only way before the zygote);
 - ``crawl x1, 1 core``: ``crawl x1`` under ``taskset -c 0``. One process already keeps ~1.3 cores busy (its
   hashing threads release the GIL), so issue 11's "x2 / (2 x x1)" cannot reach 1 on 2 cores even without any
   overhead; against one pinned process it can, which separates sharding's cost from that ceiling.
@@ -34,8 +37,10 @@ x1/x2 (with Redis) can be added as another family later.
 for ``--processes 2``, when the first child started, each shard child's end, wall and CPU (``RUSAGE_CHILDREN``
 read right after the child is reaped), when the last child ended and how long the end-of-run pass took (by
 wrapping ``crawler.workers.local.crawl_shards`` and ``crawler.shards.finish.finish_sharded_run``; refwatch's
-code is not changed). With ``--profile`` each shard child runs in the wrapper too and records when its engine
-started (its start-up), its first and last response, and when its reactor stopped (CPU at each).
+code is not changed; a child's CPU is its ``wait4`` figure, which crawl_shards reports for exec'd and forked
+children alike, since a forked child is reaped by the zygote). With ``--profile`` each shard child runs in the
+wrapper too (exec'd: ``_timed``; forked: the zygote's entry is ``bench.scaling_bench:timed_shard``) and records
+when its engine started (its start-up), its first and last response, and when its reactor stopped (CPU at each).
 
 Around each run the benchmark also reads nginx's CPU (its master and worker, from /proc) and the machine's
 (``/proc/stat``), so a run's core-seconds (2 x wall) split into the crawl's CPU, nginx's, everything else on the
@@ -119,8 +124,9 @@ def _time_parent(marks: dict[str, Any], child_reports: str | None) -> None:
 
         def on_result(result: Any) -> None:  # called right after the child was reaped
             now = _cpu(resource.RUSAGE_CHILDREN)
+            cpu = result.cpu_seconds if result.cpu_seconds is not None else now - last[0]
             shards.append({"shard": result.shard_id, "status": result.status, "end": time.time(),
-                           "seconds": result.seconds, "cpu": now - last[0]})
+                           "seconds": result.seconds, "cpu": cpu})
             last[0] = now
             if chained is not None:
                 chained(result)
@@ -141,13 +147,35 @@ def _time_parent(marks: dict[str, Any], child_reports: str | None) -> None:
     if child_reports:
         local.child_command = lambda spec: [sys.executable, str(THIS), "_timed", str(Path(child_reports) /
                                             f"{Path(spec).stem}.json"), "-", "--", "_shard", str(spec)]
+        local.CHILD_ENTRY = "bench.scaling_bench:timed_shard"  # the zygote imports it from the repository root
+        os.environ[CHILD_REPORTS_ENV] = child_reports
 
 
-def _time_child(marks: dict[str, Any]) -> None:
-    """A shard child: when its engine started, its first and last response, when its reactor stopped."""
+CHILD_REPORTS_ENV = "SCALING_BENCH_CHILD_REPORTS"
+
+
+def timed_shard(argv: list[str]) -> int:
+    """A forked shard child's entry (``--profile``): ``refwatch _shard SPEC`` in the wrapper, as ``_timed`` runs
+    an exec'd one. Its start-up is counted from the fork."""
+    report = Path(os.environ[CHILD_REPORTS_ENV]) / f"{Path(argv[-1]).stem}.json"
+    return cmd_timed([str(report), "-", "--", *argv])
+
+
+def _time_child(marks: dict[str, Any], report: Path) -> None:
+    """A shard child: when its engine started, its first and last response, when its reactor stopped. The
+    child ends with ``os._exit`` (crawler/cli/crawl.py), so the report is written there."""
     from scrapy import signals
 
     import crawler.runner as runner
+
+    real_exit = os._exit
+
+    def exit_with_report(code: int) -> None:
+        _mark(marks, "ended")
+        report.write_text(json.dumps(marks))
+        real_exit(code)
+
+    os._exit = exit_with_report  # type: ignore[assignment]
 
     class TimedProcess(runner.CrawlerProcess):  # type: ignore[misc,name-defined]
         def create_crawler(self, crawler_or_spidercls: Any) -> Any:
@@ -186,7 +214,7 @@ def cmd_timed(argv: Sequence[str]) -> int:
     code: int | None = 1
     try:
         if args[:1] == ["_shard"]:
-            _time_child(marks)
+            _time_child(marks, report)
         elif "--processes" in args and int(args[args.index("--processes") + 1]) > 1:
             _time_parent(marks, child_reports)
         from crawler.cli.main import main
@@ -247,6 +275,7 @@ class Variant:
     processes: int
     command: Callable[[Path, Path, int], list[str]]  # (snapshot, output folder, shard size) -> refwatch ARGS
     cpus: str | None = None  # taskset's list: the crawl (and its threads) on these cores only
+    env: tuple[str, ...] = ()  # NAME=VALUE for the crawl's environment
 
 
 def crawl_args(processes: int) -> Callable[[Path, Path, int], list[str]]:
@@ -260,7 +289,8 @@ def crawl_args(processes: int) -> Callable[[Path, Path, int], list[str]]:
 # "crawl x1, 1 core" is the per-core baseline: one process already keeps more than one core busy (its hashing
 # threads release the GIL), so "x2 / (2 x x1)" mixes sharding's cost with that; against one core it does not.
 VARIANTS = (Variant("crawl x1", "crawl", 1, crawl_args(1)), Variant("crawl x2", "crawl", 2, crawl_args(2)),
-            Variant("crawl x1, 1 core", "crawl", 1, crawl_args(1), cpus="0"))
+            Variant("crawl x1, 1 core", "crawl", 1, crawl_args(1), cpus="0"),
+            Variant("crawl x2, exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)))
 
 
 @dataclass
@@ -278,8 +308,9 @@ class Context:
 def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> RunResult:
     out, report, child_reports = scratch / "out", scratch / "timed.json", scratch / "children"
     child_reports.mkdir()
-    cmd = (["taskset", "-c", variant.cpus] if variant.cpus else []) + [sys.executable, str(THIS), "_timed", str(report), str(child_reports) if ctx.profile else "-", "--",
-           *variant.command(ctx.snapshot, out, ctx.shard_size)]
+    cmd = ((["env", *variant.env] if variant.env else []) + (["taskset", "-c", variant.cpus] if variant.cpus else [])
+           + [sys.executable, str(THIS), "_timed", str(report), str(child_reports) if ctx.profile else "-", "--",
+              *variant.command(ctx.snapshot, out, ctx.shard_size)])
     waited = wait_quiet(ctx.wait_quiet, ctx.cores) if ctx.wait_quiet > 0 else 0.0
     nginx_before, (busy_before, idle_before) = tree_cpu(ctx.nginx_pid), machine_cpu()
     m = measure(cmd, timeout=ctx.timeout, scratch=scratch)

@@ -231,24 +231,39 @@ def test_a_killed_child_is_crawled_again_and_every_reference_appears_once(web, t
 
 
 def _shard_child_with_rows(parent_pid: int, run_dir: Path) -> int | None:
-    """The pid of a ``_shard`` child of ``parent_pid`` whose attempt folder already holds a part."""
+    """The pid of a shard child of ``parent_pid`` (exec'd: its child; forked: its zygote's) whose attempt
+    folder already holds a part. A shard child names itself ``refwatch <shard id>`` (``ps -o comm``)."""
+    for pid, comm in shard_children(parent_pid).items():
+        folder = run_dir / "shards" / comm.removeprefix("refwatch ")
+        committed = (folder / "commit.json").exists()
+        if not committed and any(folder.glob("a*/part-*.parquet")):
+            return pid
+    return None
+
+
+def process_tree(root: int) -> dict[int, tuple[int, str]]:
+    """``root``'s descendants now: pid -> (parent pid, name), from /proc."""
+    procs: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None)
-        if ppid != parent_pid or b"_shard" not in cmdline:
-            continue
-        spec = json.loads(Path(cmdline[cmdline.index(b"_shard") + 1].decode()).read_text())
-        folder = run_dir / "shards" / spec["shard"]["shard_id"] / spec["attempt"]
-        committed = (folder.parent / "commit.json").exists()
-        if folder.is_dir() and any(folder.glob("part-*.parquet")) and not committed:
-            return int(entry.name)
-    return None
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        procs[int(entry.name)] = (int(fields["PPid"]), fields["Name"].strip())
+    tree: dict[int, tuple[int, str]] = {}
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in tree}
+        tree.update((pid, procs[pid]) for pid in frontier)
+    return tree
+
+
+def shard_children(root: int) -> dict[int, str]:
+    """The shard children among ``root``'s descendants: pid -> name (``refwatch s00001``)."""
+    return {pid: name for pid, (_, name) in process_tree(root).items() if name.startswith("refwatch s")}
 
 
 def test_a_second_attempt_of_a_committed_shard_loses_and_leaves_nothing(web, tmp_path: Path) -> None:

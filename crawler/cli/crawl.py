@@ -231,11 +231,14 @@ def cmd_crawl(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    """A child of ``--processes``: its exit status tells the parent what became of the shard."""
+    """A child of ``--processes`` or of a worker, exec'd or forked from a zygote (``warm_shard_process``): its
+    exit status tells the parent what became of the shard."""
     from crawler.runner import project_settings, run_shard
     from crawler.workers.local import EXIT_COMMITTED, EXIT_INCOMPLETE, EXIT_LOST
+    from crawler.workers.zygote import set_process_name
 
     spec = json.loads(args.spec.read_text(encoding="utf-8"))
+    set_process_name(f"refwatch {spec['shard']['shard_id']}")  # which shard, in ps and top
     settings = project_settings({**spec["settings"], "REFWATCH_SHARD": spec["shard"],
                                  "REFWATCH_SHARD_ATTEMPT": spec["attempt"]})
     status = run_shard(settings)
@@ -247,3 +250,50 @@ def cmd_shard(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+#: Settings naming the classes a crawl loads (Scrapy's ``*_BASE`` dicts included), imported by the warm-up.
+_COMPONENT_DICTS = ("DOWNLOADER_MIDDLEWARES", "SPIDER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS")
+_COMPONENTS = ("SCHEDULER", "DUPEFILTER_CLASS", "STATS_CLASS", "LOG_FORMATTER", "REQUEST_FINGERPRINTER_CLASS",
+               "DOWNLOADER", "TWISTED_DNS_RESOLVER", "SCHEDULER_PRIORITY_QUEUE", "SCHEDULER_DISK_QUEUE",
+               "SCHEDULER_MEMORY_QUEUE", "SPIDER_LOADER_CLASS", "DOWNLOADER_CLIENTCONTEXTFACTORY")
+
+
+def warm_shard_process() -> None:
+    """What a shard child's start-up spends its CPU on, done once in a zygote (crawler/workers/zygote.py) so
+    that each forked child starts warm: import the command line, Scrapy, Twisted's HTTP client (no reactor
+    installed: a child installs its own), every component the settings name, the spider, pyarrow, and hash
+    a few tiny images so numba loads its cached kernels for each image shape the crawl meets."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet  # noqa: F401 - the readers and the outcome writer
+    import scipy.fft  # noqa: F401
+    import twisted.internet.epollreactor  # noqa: F401 - the module, not installed
+    import twisted.web.client  # noqa: F401 - the download handler's, without a reactor
+    from PIL import Image
+    from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler  # noqa: F401
+    from scrapy.spiderloader import get_spider_loader
+    from scrapy.utils.misc import load_object
+
+    import crawler.readers.parquet  # noqa: F401
+    import crawler.workers.local  # noqa: F401 - cmd_shard's exit statuses
+    from crawler.hashing.digest import hash_bytes
+    from crawler.runner import project_settings
+
+    settings = project_settings()
+    # Scrapy imports a listed component even when it is switched off (None), so these are imported too.
+    paths = [path for name in _COMPONENT_DICTS for path in settings.getwithbase(name)]
+    paths += [path for path in settings.getwithbase("DOWNLOAD_HANDLERS").values() if isinstance(path, str)]
+    paths += [settings[name] for name in _COMPONENTS if isinstance(settings.get(name), str)]
+    for path in paths:
+        if "." in path:  # not Scrapy's placeholders ("SENTINEL")
+            load_object(path)
+    get_spider_loader(settings).load("replay")
+    rng = np.random.default_rng(0)
+    for mode, fmt in (("RGB", "JPEG"), ("RGBA", "PNG"), ("L", "PNG"), ("P", "GIF")):
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels, "RGB").convert(mode)
+        body = io.BytesIO()
+        image.save(body, fmt)
+        hash_bytes(body.getvalue(), pdq_dihedral=mode == "RGB")

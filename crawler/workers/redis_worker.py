@@ -40,8 +40,8 @@ from crawler.runs.history import read_manifest
 from crawler.shards.commit import discard_attempt, new_attempt_id, read_commit, read_commits, run_store
 from crawler.shards.finish import IncompleteRunError, finish_sharded_run, missing_shards
 from crawler.shards.plan import Plan, read_plan
-from crawler.workers.local import (EXIT_COMMITTED, EXIT_LOST, STOP_GRACE_SECONDS, attempt_status, child_command,
-                                   write_spec)
+from crawler.workers.local import (EXIT_COMMITTED, EXIT_LOST, STOP_GRACE_SECONDS, ShardProcess, ShardStarter,
+                                   attempt_status, write_spec)
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class CrawlTotals:
 class _Child:
     claim: Claim
     attempt: str
-    process: subprocess.Popen[bytes]
+    process: ShardProcess  # forked from the worker's zygote, or exec'd (crawler/workers/local.py)
     started: float
     renewed: float
     stats_file: Path
@@ -138,8 +138,10 @@ class ShardWorker:
         previous = {sig: signal.signal(sig, lambda signum, frame: self._stop.append(signum))
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with tempfile.TemporaryDirectory(prefix="refwatch-worker-") as scratch:
+            with (tempfile.TemporaryDirectory(prefix="refwatch-worker-") as scratch,
+                  ShardStarter(self.env) as starter):
                 self._scratch = Path(scratch)
+                self._starter = starter
                 logger.info("worker %s: up to %d shards at once, lease %.0f s", self.consumer, self.processes,
                             self.lease)
                 while not self._stop:
@@ -171,6 +173,8 @@ class ShardWorker:
     # -- shards ----------------------------------------------------------------------------------------
 
     def _start_next(self) -> bool:
+        if not self._starter.ready():  # no claim while the zygote imports: the claim's lease would run meanwhile
+            return False
         claim = self.queue.claim(self.consumer)
         if claim is None:
             return False
@@ -189,7 +193,7 @@ class ShardWorker:
         stats_file = self._scratch / f"{attempt}.stats.json"
         settings = {**info.spec["settings"], **self.child_settings, "REFWATCH_STATS_FILE": str(stats_file)}
         spec = write_spec(self._scratch, settings, shard, attempt)
-        process = subprocess.Popen(child_command(spec), env=self.env, stdin=subprocess.DEVNULL)
+        process = self._starter.start(spec)
         now = time.monotonic()
         self._children.append(_Child(claim, attempt, process, now, now, stats_file))
         logger.info("worker %s: shard %s of run %s (delivery %d), attempt %s", self.consumer, claim.shard_id,
