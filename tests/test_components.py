@@ -57,6 +57,32 @@ def test_hash_middleware_hashes_then_drops_the_body() -> None:
     assert request.meta[BODY_SIZE_META] == len(body)
 
 
+def test_digests_only_are_computed_without_a_thread_hand_off_up_to_a_size() -> None:
+    from middlewares.hashing import INLINE_DIGEST_BYTES
+
+    handed: list[int] = []
+
+    def recorded(function, *args):  # noqa: ANN001, ANN202 - the pool's stand-in, counting hand-offs
+        handed.append(len(args[0]))
+        return defer.succeed(function(*args))
+
+    middleware = ImageHashMiddleware(max_pixels=1_000_000, threads=1, algorithms=("md5", "sha256"),
+                                     run_in_thread=recorded)
+    small, big = images.synthetic_jpeg(11), b"\xff\xd8\xff" + bytes(INLINE_DIGEST_BYTES)
+    for body in (small, big):
+        request = _request()
+        asyncio.run(middleware.process_response(request, Response(request.url, body=body, request=request)))
+        digest = request.meta[DIGEST_META]
+        assert digest.md5 == hash_bytes(body).md5 and digest.sha256 == hash_bytes(body).sha256
+        assert digest.pdq is None and digest.sha1 is None
+    assert handed == [len(big)]  # only the body over INLINE_DIGEST_BYTES went to a hashing thread
+    # with a perceptual hash, always a thread: decoding must not stall the reactor
+    every = ImageHashMiddleware(max_pixels=1_000_000, threads=1, run_in_thread=recorded)
+    request = _request()
+    asyncio.run(every.process_response(request, Response(request.url, body=small, request=request)))
+    assert handed == [len(big), len(small)] and request.meta[DIGEST_META].pdq is not None
+
+
 def test_hash_middleware_skips_error_pages_and_non_references() -> None:
     middleware = _inline_hash_middleware()
     try:
