@@ -278,6 +278,20 @@ def test_damaged_gzip_fails_midway_and_leaves_nothing_behind(tmp_path: Path) -> 
     assert list(out.parent.iterdir()) == []
 
 
+def test_a_line_longer_than_the_readers_read_fails_the_export_and_leaves_nothing(tmp_path: Path) -> None:
+    from crawler.readers.base import MAX_LINE_BYTES
+
+    snap = tmp_path / "long.csv"
+    snap.write_bytes(b"url,caption\nhttps://a.example/0.jpg,ok\nhttps://a.example/1.jpg," + b"x" * (MAX_LINE_BYTES + 5)
+                     + b"\nhttps://a.example/2.jpg,ok\n")
+    write_run(tmp_path, [snap], [row("long.csv:0", "not_found")])
+    out = tmp_path / "dst" / "clean.csv"
+    out.parent.mkdir()
+    with pytest.raises(ExportError, match=r"long\.csv: line 3 is longer than 8 MiB"):
+        export_clean(snap, tmp_path / "runs" / RUN, out, ["dead"])
+    assert list(out.parent.iterdir()) == []
+
+
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     snap = write_snapshot(tmp_path / "refs.csv", CSV_NO_ID)
     write_run(tmp_path, [snap], [row("refs.csv:0", "gone")])

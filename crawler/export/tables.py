@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crawler.export.verdicts import ExportError, Verdicts
-from crawler.readers.base import GZIP_ERRORS, TextLines, open_binary
+from crawler.readers.base import GZIP_ERRORS, MAX_LINE_BYTES, TextLines, open_binary
 from crawler.readers.columns import ID_NAMES, Columns, RowMapper, find_columns, id_text, url_text
 from crawler.readers.parquet import BATCH_ROWS
 
@@ -151,21 +151,30 @@ def _parquet_urls(column: pa.Array) -> list[str]:
 # --- CSV, TSV, JSON Lines -----------------------------------------------------------------------------------
 
 
+class _LineTooLong(Exception):
+    """A line longer than the readers read (``MAX_LINE_BYTES``): export cannot copy it without holding it."""
+
+
 class _RawLines:
     """The raw lines of a binary stream, remembered until taken: what ``TextLines`` decoded for one record."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._taken: list[bytes] = []
+        self._held = 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        for raw in self._stream:
-            self._taken.append(raw)
-            yield raw
+    def readline(self, limit: int = -1) -> bytes:
+        raw = self._stream.readline(limit)
+        self._taken.append(raw)
+        self._held += len(raw)
+        if self._held > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise _LineTooLong  # the reader skips such a line; a copy would hold all of it
+        return raw
 
     def take(self) -> bytes:
         data = b"".join(self._taken)
         self._taken.clear()
+        self._held = 0
         return data
 
 
@@ -205,7 +214,7 @@ def _copy_text(src: Path, fmt: str, gzipped: bool, run_name: str, verdicts: Verd
     mapper = RowMapper(Path(run_name))
     with open_binary(src, gzipped) as stream:
         raw = _RawLines(stream)
-        lines = TextLines(raw)  # type: ignore[arg-type]  # iterates its stream only
+        lines = TextLines(raw)  # type: ignore[arg-type]  # reads its stream by readline only
         try:
             if fmt == "jsonl":
                 _jsonl_records(lines, raw, mapper, batch)
@@ -214,6 +223,9 @@ def _copy_text(src: Path, fmt: str, gzipped: bool, run_name: str, verdicts: Verd
         except GZIP_ERRORS as exc:
             raise ExportError(f"{src}: damaged gzip data after line {lines.number} ({exc}); the rest of the file "
                               "cannot be read, so it cannot be exported") from None
+        except _LineTooLong:
+            raise ExportError(f"{src}: line {lines.number + 1} is longer than {MAX_LINE_BYTES >> 20} MiB (the crawl "
+                              "skipped it as a bad record); export cannot copy it") from None
         batch.other(raw.take(), bad=False)  # nothing, unless a reader left bytes unclaimed
     batch.flush()
     return batch.unreadable
