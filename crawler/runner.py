@@ -8,6 +8,7 @@ line and exit code 2 before anything is fetched or written.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -264,19 +265,23 @@ def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int
     in this process (``run_crawl``), as a child would, without a child's start-up."""
     from crawler.shards.commit import read_commits, run_store
     from crawler.shards.finish import finish_sharded_run, missing_shards
-    from crawler.workers.local import crawl_shards
+    from crawler.workers.local import ShardStarter, crawl_shards
 
     run, plan, snapshots = plan_run(settings, shard_size, split=processes)
     if len(plan.shards) < 2 or processes < 2:
         return None
-    sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)
-    # One machine, no Redis: the per-host limit is split between the processes, so a host sees at most
-    # --per-host requests at once from all of them (at least one each: with --per-host below --processes,
-    # up to --processes). --concurrency stays per process: it is about this machine's CPU, not the host.
-    per_host = settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
-    child_settings = {**sharded.child_settings, "CONCURRENT_REQUESTS_PER_DOMAIN": max(1, per_host // processes)}
-    crawl_shards(plan, child_settings, processes=processes,
-                 attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"))
+    # The children's zygote imports the crawl stack (~2 s of CPU, on another core) while this process checks
+    # the inputs (hash lists can take seconds) and writes the manifest and plan; it ends before the final pass.
+    with ShardStarter(dict(os.environ)) as starter:
+        sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)
+        # One machine, no Redis: the per-host limit is split between the processes, so a host sees at most
+        # --per-host requests at once from all of them (at least one each: with --per-host below --processes,
+        # up to --processes). --concurrency stays per process: it is about this machine's CPU, not the host.
+        per_host = settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
+        child_settings = {**sharded.child_settings,
+                          "CONCURRENT_REQUESTS_PER_DOMAIN": max(1, per_host // processes)}
+        crawl_shards(plan, child_settings, processes=processes,
+                     attempts=settings.getint("REFWATCH_SHARD_ATTEMPTS"), starter=starter)
     missing = missing_shards(plan, read_commits(run_store(run), run.run_id))
     if missing:
         raise RuntimeError(f"run {run.run_id}: {len(missing)} of {len(plan.shards)} shards were not committed "

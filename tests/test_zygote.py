@@ -200,7 +200,9 @@ def test_forked_children_give_the_rows_exec_d_children_give(web, tmp_path: Path)
                               env={local.SHARD_START_ENV: "exec"})
     assert execd.returncode == 0, execd.stderr[-2000:]
     # who started the shard children: a zygote, child of the parent, or the parent itself
-    zygotes = {pid for pid, (_, name) in forked_tree.items() if name == "refwatch-zygote"}
+    # (a child just forked bears the zygote's name until it renames itself: the zygote is the one whose parent is not)
+    zygotes = {pid for pid, (ppid, name) in forked_tree.items()
+               if name == "refwatch-zygote" and forked_tree.get(ppid, (0, ""))[1] != "refwatch-zygote"}
     assert len(zygotes) == 1
     assert {forked_tree[pid][0] for pid, (_, name) in forked_tree.items() if name.startswith("refwatch s")} == zygotes
     assert not any(name == "refwatch-zygote" for _, name in exec_tree.values())
@@ -245,7 +247,8 @@ def test_a_killed_zygote_falls_back_to_exec_d_children(web, tmp_path: Path) -> N
 
     def kill_the_zygote(parent: int, tree: dict[int, tuple[int, str]]) -> None:
         if not killed and shard_children(parent):  # it has forked: children run
-            zygote = next(pid for pid, (_, name) in tree.items() if name == "refwatch-zygote")
+            # the parent's child: a child it has just forked bears the zygote's name until it renames itself
+            zygote = next(pid for pid, (ppid, name) in tree.items() if name == "refwatch-zygote" and ppid == parent)
             killed.append(zygote)
             os.kill(zygote, signal.SIGKILL)
 

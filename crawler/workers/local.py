@@ -16,6 +16,7 @@ does a zygote that dies or refuses to fork (with a warning); the exit statuses a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -204,15 +205,18 @@ def _stop_on_signals() -> Iterator[list[int]]:
 
 def crawl_shards(plan: Plan, settings: dict[str, Any], *, processes: int, attempts: int = 3,
                  shards: list[Shard] | None = None, env: dict[str, str] | None = None,
-                 on_result: Callable[[AttemptResult], None] | None = None) -> list[AttemptResult]:
+                 on_result: Callable[[AttemptResult], None] | None = None,
+                 starter: ShardStarter | None = None) -> list[AttemptResult]:
     """Crawl ``shards`` (default: the whole plan) with at most ``processes`` children; returns every
-    attempt's result. A shard is done when an attempt commits it or finds it committed (``lost``)."""
+    attempt's result. A shard is done when an attempt commits it or finds it committed (``lost``).
+    ``starter``: one the caller entered already (its zygote warming up while the caller prepared the run);
+    else one is made here, with ``env``."""
     todo: deque[tuple[Shard, int]] = deque((s, 1) for s in (plan.shards if shards is None else shards))
     running: list[_Running] = []
     results: list[AttemptResult] = []
-    child_env = {**os.environ, **(env or {})}
+    own_starter = ShardStarter({**os.environ, **(env or {})}) if starter is None else contextlib.nullcontext(starter)
     with (tempfile.TemporaryDirectory(prefix="refwatch-shards-") as scratch, _stop_on_signals() as stop,
-          ShardStarter(child_env) as starter):
+          own_starter as starter):
         while todo or running:
             if stop:
                 _stop_children(running)
