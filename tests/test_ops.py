@@ -98,7 +98,8 @@ def test_prometheus_scrapes_two_workers_through_a_run(redis_server, web, tmp_pat
         assert mix["not_found"] == not_found == 8 and mix["ok"] == 40 and sum(mix.values()) == 48
         per_worker = _query(base, "sum by (instance) (refwatch_fetches_total)")
         assert len(per_worker) == 2 and all(float(r["value"][1]) > 0 for r in per_worker)  # both crawled
-        rate = _query(base, "max_over_time(sum(rate(refwatch_fetches_total[5s]))[2m:1s])")
+        # a window of many scrapes: under load, scrapes come late and a worker's counters move every 2 s
+        rate = _query(base, "max_over_time(sum(rate(refwatch_fetches_total[15s]))[2m:1s])")
         assert float(rate[0]["value"][1]) > 0
         planned = _query(base, 'max(max_over_time(refwatch_shards{run_id="ops",state="planned"}[2m]))')
         assert float(planned[0]["value"][1]) == 6  # exported while the run was active
