@@ -35,7 +35,10 @@ REFWATCH_RADII = {"phash": 8, "dhash": 6, "pdq": 31}  # Hamming radius per algor
 REFWATCH_PDQ_MIN_QUALITY = 50  # PDQ hashes below this quality are not matched, as PDQ recommends
 REFWATCH_HASHES = ["md5", "sha1", "sha256", "phash", "dhash", "pdq"]  # what to compute of each body (--hashes)
 REFWATCH_PDQ_DIHEDRAL = False  # also match the 7 rotations/flips of each image's PDQ (from the same DCT: ~free)
-REFWATCH_MAX_PIXELS = 64_000_000  # decompression-bomb guard: larger images are decode_error, never decoded
+# Decompression-bomb guard: larger images are decode_error, never decoded. 48 M is an 8000x6000 photo; heavier
+# modes and formats get fewer pixels, down to 11.5 M for an RGBA JPEG 2000 (crawler.hashing.digest.pixel_limit),
+# so no image needs more than ~275 MiB to decode.
+REFWATCH_MAX_PIXELS = 48_000_000
 REFWATCH_HASH_THREADS = 2  # image decoding and hashing run in this many threads, off the reactor
 REFWATCH_ALLOW_PRIVATE_NETWORKS = False  # True lifts the address guard (demo and tests on loopback)
 REFWATCH_BACKOFF_MAX_SECONDS = 120.0  # the longest a 429/503 (Retry-After) backs a host off
@@ -183,10 +186,11 @@ REFWATCH_ALLOW_NETWORKS: list[str] = []
 # --- decode memory (crawler/hashing/budget.py; middlewares/hashing.py) -----------------------------------
 # Pixels decoded at once by all hashing threads together, counted as RGB pixels (6 bytes each at the peak;
 # heavier modes and formats count more: crawler.hashing.digest.decode_cost). An image that does not fit
-# waits; one larger than the budget (but within REFWATCH_MAX_PIXELS) is decoded alone. The default is one
-# REFWATCH_MAX_PIXELS RGB image: ~370 MiB of decode memory whatever REFWATCH_HASH_THREADS is (measured: eight
-# 64-megapixel PNGs at once peaked a crawl at 640 MiB with it, 1 GiB without; tests/test_memory.py).
-REFWATCH_DECODE_PIXEL_BUDGET = 64_000_000
+# waits; one larger than the budget (but within REFWATCH_MAX_PIXELS, which bounds every image's cost by the largest
+# RGB image's) is decoded alone. The default is one REFWATCH_MAX_PIXELS RGB image: ~275 MiB of decode memory
+# whatever REFWATCH_HASH_THREADS is (measured, tests/test_memory.py: eight 48-megapixel PNGs at once peaked a
+# crawl at 548 MiB; the largest image of each heavy format at once 629 MiB; at 64 M, 643 MiB and 1 GiB without).
+REFWATCH_DECODE_PIXEL_BUDGET = 48_000_000
 
 # --- body memory (crawler/download/body_budget.py; crawler/download/budgeted_body.py) ---------------------
 # Body bytes held at once by all downloads together, from their arrival until the body is dropped (hashed, or
@@ -197,6 +201,7 @@ REFWATCH_DECODE_PIXEL_BUDGET = 64_000_000
 # the download holding the most always goes on; other downloads share the rest (here ~42 MiB). Smaller than
 # that, a body that does not fit is downloaded alone, past the budget. 0: no budget (each download holds up
 # to DOWNLOAD_MAXSIZE: 64 x 50 MiB). Measured (tests/test_memory.py): eight oversized chunked bodies at once
-# 297 MiB (565 without); every hostile answer at once 730 MiB (889 without), all outcomes right; 64 MiB gave
-# 702-725 MiB and 56 MiB 695-697 MiB but turned oversized answers into timeouts (they wait in turn).
+# 296 MiB (565 without); every hostile answer at once 642-652 MiB with 48-megapixel images (747 at 64 M; 889
+# without the budget); 64 MiB gave 702-725 MiB and 56 MiB 695-697 MiB at 64 M but turned oversized answers into
+# timeouts (they wait in turn).
 REFWATCH_BODY_BUDGET = 96 * 1024 * 1024

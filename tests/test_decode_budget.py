@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from crawler.hashing.budget import PixelBudget
-from crawler.hashing.digest import decode_cost, hash_bytes
+from crawler.hashing.digest import DEFAULT_MAX_PIXELS, decode_cost, hash_bytes, pixel_limit
 
 DEADLINE = 10.0  # seconds any wait in these tests may take before it counts as a hang
 
@@ -261,3 +261,51 @@ def test_images_over_the_pixel_limit_or_not_decoded_never_touch_the_budget() -> 
     assert hash_bytes(body, algorithms=("md5",), decode_budget=budget).width == 400  # header only
     assert hash_bytes(b"not an image", decode_budget=budget).decode_error is not None
     assert budget.stats().peak_pixels == 0
+
+
+def _limit(body: bytes, max_pixels: int) -> int:
+    with Image.open(io.BytesIO(body)) as img:
+        return pixel_limit(img, max_pixels)
+
+
+def test_heavy_formats_have_a_pixel_limit_lowered_in_proportion_to_their_cost() -> None:
+    """No image may cost more than ``max_pixels`` RGB pixels to decode: an RGBA WebP (21 bytes a pixel against
+    RGB's 6) of 60,000 pixels needs a limit of 210,000; one pixel less and it is decode_error, never decoded,
+    with the reason; an RGB or greyscale image keeps the whole limit."""
+    rgba = Image.new("RGBA", (300, 200), (10, 120, 200, 128))
+    webp = _encode(rgba, "WEBP")
+    assert _cost(webp) == 210_000 and _limit(webp, 210_000) == 60_000
+    budget = PixelBudget(1)
+    assert hash_bytes(webp, max_pixels=210_000, decode_budget=budget).decodable
+    refused = hash_bytes(webp, max_pixels=209_999, decode_budget=budget)
+    assert (refused.width, refused.height, refused.image_format, refused.phash) == (300, 200, "WEBP", None)
+    assert refused.decode_error == ("image has 60000 pixels, over the limit of 59999 for WEBP RGBA, which needs "
+                                    "21 bytes a pixel to decode (RGB: 6 bytes, 209999 pixels)")
+    assert budget.stats().peak_pixels == 210_000  # the refused one never reserved anything
+    progressive = _encode(rgba.convert("RGB"), "JPEG", progressive=True)
+    assert "for progressive JPEG RGB" in (hash_bytes(progressive, max_pixels=99_999).decode_error or "")
+    assert hash_bytes(progressive, max_pixels=100_000).decodable
+    for lighter in (rgba.convert("RGB"), rgba.convert("L")):  # the whole limit
+        assert hash_bytes(_encode(lighter, "PNG"), max_pixels=60_000).decodable
+        assert _limit(_encode(lighter, "PNG"), 60_000) == 60_000
+    assert hash_bytes(webp, max_pixels=209_999, algorithms=("md5",)).decode_error == refused.decode_error
+
+
+def test_at_the_default_limit_the_heaviest_image_costs_no_more_than_the_largest_rgb_one() -> None:
+    """The limits at the default 48 M, by what each needs a pixel at the peak: the worst legal image of each
+    format fits the decode budget alone (tests/test_memory.py measures them in real crawls)."""
+    rgb = Image.new("RGB", (30, 20), (1, 2, 3))
+    rgba = Image.new("RGBA", (30, 20), (1, 2, 3, 128))  # translucent: an opaque WebP is stored as RGB
+    limits = {
+        "PNG RGB": _limit(_encode(rgb, "PNG"), DEFAULT_MAX_PIXELS),
+        "PNG L": _limit(_encode(rgb.convert("L"), "PNG"), DEFAULT_MAX_PIXELS),
+        "PNG RGBA": _limit(_encode(rgba, "PNG"), DEFAULT_MAX_PIXELS),
+        "JPEG CMYK": _limit(_encode(rgb.convert("CMYK"), "JPEG"), DEFAULT_MAX_PIXELS),
+        "progressive JPEG": _limit(_encode(rgb, "JPEG", progressive=True), DEFAULT_MAX_PIXELS),
+        "WEBP RGB": _limit(_encode(rgb, "WEBP"), DEFAULT_MAX_PIXELS),
+        "WEBP RGBA": _limit(_encode(rgba, "WEBP"), DEFAULT_MAX_PIXELS),
+        "JPEG2000 RGBA": _limit(_encode(rgba, "JPEG2000"), DEFAULT_MAX_PIXELS),
+    }
+    assert limits == {"PNG RGB": 48_000_000, "PNG L": 48_000_000, "PNG RGBA": 26_181_818,
+                      "JPEG CMYK": 22_153_846, "progressive JPEG": 28_800_000, "WEBP RGB": 18_000_000,
+                      "WEBP RGBA": 13_714_285, "JPEG2000 RGBA": 11_520_000}

@@ -141,7 +141,9 @@ def test_algorithm_names_are_stable_and_are_digest_fields() -> None:
     assert PERCEPTUAL == ("phash", "dhash", "pdq")
     fields = {f.name for f in dataclasses.fields(Digest)}
     assert set(ALGORITHMS) <= fields
-    assert DEFAULT_MAX_PIXELS == 64_000_000
+    from crawler import settings
+
+    assert DEFAULT_MAX_PIXELS == settings.REFWATCH_MAX_PIXELS == 48_000_000  # an 8000x6000 photo
 
 
 def test_cryptographic_digests_of_known_bytes() -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import socketserver
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,8 @@ class _Handler(socketserver.BaseRequestHandler):
         if head is None:
             return
         path = head.split(b" ", 2)[1].decode()
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.requests[path] = self.server.requests.get(path, 0) + 1  # type: ignore[attr-defined]
         try:
             getattr(self, "_" + path.strip("/").replace("-", "_"))(sock)
         except OSError:
@@ -80,6 +83,9 @@ class _Handler(socketserver.BaseRequestHandler):
     def _long_headers(self, sock: socket.socket) -> None:
         self._header_lines(sock, b"X-Filler: " + b"a" * 8000 + b"\r\n")
 
+    def _reset(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+
     def _small_chunked(self, sock: socket.socket) -> None:
         body = _png()
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
@@ -92,6 +98,8 @@ class HostileServer(socketserver.ThreadingTCPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = {}  # path -> requests (one a connection: the crawl never reuses them)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
     def url(self, path: str) -> str:
@@ -214,3 +222,14 @@ def test_an_endless_response_head_is_cut_short(hostile: HostileServer, tmp_path:
                                                                   "small": "ok"}
     assert "response head over" in rows["many"]["error"] and "response head over" in rows["long"]["error"]
     assert rows["many"]["elapsed_ms"] is None or rows["many"]["elapsed_ms"] < 10_000
+
+
+def test_an_endless_response_head_is_not_retried(hostile: HostileServer, tmp_path: Path) -> None:
+    """A head over the limit is a broken answer, not a late one: one attempt at the default two retries (it
+    used to fail as Scrapy's DownloadFailedError, which RetryMiddleware retries: three attempts, each holding a
+    download slot). A reset connection is still retried, so the retries are on."""
+    rows = _crawl(tmp_path, {"many": hostile.url("/many-headers"), "reset": hostile.url("/reset")},
+                  "--retries", "2", "--timeout", "20")
+    assert rows["many"]["outcome"] == "http_error" and hostile.requests["/many-headers"] == 1
+    assert rows["many"]["error"].startswith("ResponseHeadTooLarge: response head over 65536 bytes or 256 header")
+    assert rows["reset"]["outcome"] == "connection_error" and hostile.requests["/reset"] == 3

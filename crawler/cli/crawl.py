@@ -70,7 +70,8 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per download (default 30)")
     p.add_argument("--retries", type=int, default=None, help="retries of transient failures (default 2)")
     p.add_argument("--max-bytes", type=int, default=None, help="larger bodies are too_large (default 50 MiB)")
-    p.add_argument("--max-pixels", type=int, default=None, help="larger images are decode_error (default 64M)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="larger images are decode_error (default 48M; fewer for heavy formats, e.g. RGBA WebP)")
     p.add_argument("--user-agent", default=None, help="User-Agent; name refwatch and a contact URL")
     p.add_argument("--hashes", default=None, metavar="ALGO[,ALGO]",
                    help="what to compute of each body: md5, sha1, sha256, phash, dhash, pdq (default all)")

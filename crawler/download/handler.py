@@ -61,7 +61,7 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
-from twisted.web.client import URI, Agent, _HTTP11ClientFactory, _StandardEndpointFactory
+from twisted.web.client import URI, Agent, ResponseFailed, _HTTP11ClientFactory, _StandardEndpointFactory
 from zope.interface import implementer
 
 from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_settings
@@ -174,7 +174,12 @@ MAX_HEADER_LINES = 256
 
 
 class ResponseHeadTooLarge(Exception):
-    """The server sent more response head (bytes or header lines) than refwatch reads: outcome ``http_error``."""
+    """The server sent more response head (bytes or header lines) than refwatch reads: outcome ``http_error``.
+
+    Raised by ``download_request`` itself, not wrapped in Scrapy's ``DownloadFailedError``: that one is in
+    ``RETRY_EXCEPTIONS``, and a server that streams header lines would get three attempts, each holding a
+    download slot until the head passes the limit. This one is not retried: the answer is broken, not late.
+    """
 
 
 class BoundedHTTP11ClientProtocol(HTTP11ClientProtocol):
@@ -209,6 +214,16 @@ def _bound_head(parser: Any, max_bytes: int, max_lines: int) -> None:
         line_received(line)
 
     parser.lineReceived = counted
+
+
+def _head_too_large(error: BaseException) -> ResponseHeadTooLarge | None:
+    """The ``ResponseHeadTooLarge`` a response failed with (Twisted's ``ResponseFailed`` reasons, which
+    Scrapy wraps in ``DownloadFailedError``), if that is why it failed."""
+    failed = error.__cause__ if isinstance(error.__cause__, ResponseFailed) else error
+    for reason in getattr(failed, "reasons", None) or ():
+        if isinstance(reason, Failure) and isinstance(reason.value, ResponseHeadTooLarge):
+            return reason.value
+    return None
 
 
 class BoundedClientFactory(_HTTP11ClientFactory):
@@ -329,6 +344,9 @@ class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
             if isinstance(error, ResponseDataLossError) and not self._fail_on_dataloss_warned:
                 logger.warning(get_dataloss_msg(request.url))
                 self._fail_on_dataloss_warned = True
+            head = _head_too_large(error)
+            if head is not None:
+                raise head from error  # definitive: see ResponseHeadTooLarge
             raise
         if agent.body is not None:
             hand_over(agent.body.hold, request, response)

@@ -1,7 +1,7 @@
 """A budget of pixels decoded at once, shared by every hashing thread of a process.
 
 Decoding is where a crawl's memory peaks: an image's decoded pixels and the arrays hashed from them need
-6 bytes a pixel for an RGB image and up to ~19 for the costliest (an RGBA WebP), so two 64-megapixel images
+6 bytes a pixel for an RGB image and up to 25 for the costliest (an RGBA JPEG 2000), so two 64-megapixel images
 decoded side by side needed more than the whole memory target of a crawl process. Each hashing thread
 reserves an image's pixels here once it knows them (Pillow reads the size from the header, before any pixel
 is decoded) and gives them back when the pixels are freed:
@@ -9,8 +9,10 @@ is decoded) and gives them back when the pixels are freed:
 * an image that does not fit waits, first come first served: a big image at the head of the line is not
   overtaken by a stream of small ones that would each fit (no starvation), at the price of small images
   queued behind it waiting too;
-* an image larger than the whole budget (but within the per-image pixel limit, which is checked before)
-  is decoded alone: it waits for everything in flight to finish, and nothing starts beside it;
+* an image larger than the whole budget (but within the per-image limit, which is checked before and
+  bounds any image's cost by the largest RGB image's: ``crawler.hashing.digest.pixel_limit``) is decoded
+  alone: it waits for everything in flight to finish, and nothing starts beside it. At the defaults the
+  budget is that largest image, so nothing is ever alone; only a budget set below the limit makes it so;
 * pixels are given back however the decode ends (``reserve`` is a context manager).
 
 A thread holds at most one reservation at a time, and every decode ends, so nobody waits forever. Pure

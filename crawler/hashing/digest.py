@@ -49,20 +49,24 @@ ALGORITHMS: tuple[str, ...] = ("md5", "sha1", "sha256", "phash", "dhash", "pdq")
 PERCEPTUAL: tuple[str, ...] = ("phash", "dhash", "pdq")
 DIGESTS: tuple[str, ...] = ("md5", "sha1", "sha256")
 
-# Bodies whose header announces more pixels than this are not decoded. 64 megapixels covers every camera
-# photo (a 48 MP phone, an 8K frame at 33 MP) while bounding a worker's decode to about 4 bytes a pixel
-# (~260 MB for an RGB image plus its greyscale copy). Pillow has its own guard inside Image.open, before we
-# see the size: a DecompressionBombWarning above ~89 MP and a DecompressionBombError above ~179 MP (so a
-# max_pixels above that is capped by Pillow). We neither change its limit nor wrap the call in
-# warnings.catch_warnings(): that swaps the process-wide filter list and is documented as not thread-safe,
-# and this runs in a thread pool. The warning goes through the application's filters; if they turn it into
-# an error, it is caught below like any other decode failure. Either way such bodies are never decoded.
-DEFAULT_MAX_PIXELS = 64_000_000
+# Bodies whose header announces more pixels than this are not decoded. 48 megapixels is an 8000x6000 photo
+# (what 48 MP phone cameras write; an 8K frame is 33 MP) and bounds one image's decode to ~275 MiB (6 bytes an
+# RGB pixel at the peak, below), which beside a crawl process's own ~290 MiB and its body budget keeps the
+# process under the 700 MiB that docs/security.md states (64 M, ~370 MiB a decode, did not: 730 MiB with every
+# hostile answer at once). Heavier modes and formats get fewer pixels (``pixel_limit``). Pillow has its own
+# guard inside Image.open, before we see the size: a DecompressionBombWarning above ~89 MP and a
+# DecompressionBombError above ~179 MP (so a max_pixels above that is capped by Pillow). We neither change its
+# limit nor wrap the call in warnings.catch_warnings(): that swaps the process-wide filter list and is
+# documented as not thread-safe, and this runs in a thread pool. The warning goes through the application's
+# filters; if they turn it into an error, it is caught below like any other decode failure. Either way such
+# bodies are never decoded.
+DEFAULT_MAX_PIXELS = 48_000_000
 
 # What decoding and hashing one image needs at its peak, in bytes a pixel, by mode: Pillow's image (4 bytes a
 # pixel for RGB, kept as RGBX), the copy converted to RGB for modes that need one, the 8-bit luma and its
 # transpose. Measured on 64-megapixel images with Pillow 13 (VmHWM of a fresh process, each image in one
-# memory block as the crawl allocates them: middlewares/hashing.py); unlisted modes get the costliest.
+# memory block as the crawl allocates them: middlewares/hashing.py), and again on 16-megapixel ones (within
+# 0.2 of these, except where they are higher, never lower); unlisted modes get the costliest.
 # Some formats decode into their codec's own buffer first and add to it; a progressive JPEG keeps libjpeg's
 # coefficients for the whole image while it decodes (an RGB one peaks at 10 then).
 _PEAK_BYTES_PER_PIXEL = {"L": 3, "RGB": 6, "1": 8, "P": 8, "I;16": 9, "I": 11, "F": 11, "LA": 11, "RGBA": 11,
@@ -270,11 +274,44 @@ def has_image_magic(body: bytes) -> bool:
 def decode_cost(img: Image.Image) -> int:
     """What decoding ``img`` (opened, not loaded) costs a ``PixelBudget``: its pixels weighted by the memory
     its mode and format need at the peak, in pixels of an RGB image (6 bytes each), rounded up."""
+    return -(-img.width * img.height * _peak_bytes_per_pixel(img) // RGB_PEAK_BYTES_PER_PIXEL)
+
+
+def pixel_limit(img: Image.Image, max_pixels: int) -> int:
+    """The most pixels ``img`` (opened, not loaded) may have: ``max_pixels`` for an RGB image or a lighter one,
+    fewer in proportion for a heavier mode or format, so that no image's ``decode_cost`` passes ``max_pixels``.
+
+    The memory of one decode is then bounded by the largest RGB image's whatever the format: before, a
+    64-megapixel RGBA WebP or JPEG 2000 was legal and was decoded alone, at 1-1.2 GiB.
+    """
+    return min(max_pixels, max_pixels * RGB_PEAK_BYTES_PER_PIXEL // _peak_bytes_per_pixel(img))
+
+
+def _peak_bytes_per_pixel(img: Image.Image) -> int:
     per_pixel = _PEAK_BYTES_PER_PIXEL.get(img.mode, _UNLISTED_MODE_BYTES_PER_PIXEL)
     per_pixel += _CODEC_EXTRA_BYTES_PER_PIXEL.get(img.format or "", 0)
-    if img.format == "JPEG" and img.info.get("progressive"):
+    if _progressive_jpeg(img):
         per_pixel = max(per_pixel, _PROGRESSIVE_JPEG_BYTES_PER_PIXEL)
-    return -(-img.width * img.height * per_pixel // RGB_PEAK_BYTES_PER_PIXEL)
+    return per_pixel
+
+
+def _progressive_jpeg(img: Image.Image) -> bool:
+    return img.format == "JPEG" and bool(img.info.get("progressive"))
+
+
+def _over_limit(img: Image.Image, max_pixels: int) -> str | None:
+    """Why ``img`` is not decoded, or ``None`` when it may be: too many pixels for any image, or for its mode
+    and format (``pixel_limit``)."""
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        return f"image has {pixels} pixels, over the limit of {max_pixels}"
+    limit = pixel_limit(img, max_pixels)
+    if pixels <= limit:
+        return None
+    kind = f"{'progressive ' if _progressive_jpeg(img) else ''}{img.format} {img.mode}"
+    return (f"image has {pixels} pixels, over the limit of {limit} for {kind}, which needs "
+            f"{_peak_bytes_per_pixel(img)} bytes a pixel to decode (RGB: {RGB_PEAK_BYTES_PER_PIXEL} bytes, "
+            f"{max_pixels} pixels)")
 
 
 def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedral: bool,
@@ -292,14 +329,9 @@ def _decode_and_hash(body: bytes, max_pixels: int, asked: frozenset[str], dihedr
         with Image.open(io.BytesIO(body)) as img:
             image_format = img.format
             width, height = img.size
-            pixels = width * height
-            if pixels > max_pixels:
-                return _Perceptual(
-                    width=width,
-                    height=height,
-                    image_format=image_format,
-                    decode_error=f"image has {pixels} pixels, over the limit of {max_pixels}",
-                )
+            too_many = _over_limit(img, max_pixels)
+            if too_many is not None:
+                return _Perceptual(width=width, height=height, image_format=image_format, decode_error=too_many)
             if not asked:
                 return _Perceptual(width=width, height=height, image_format=image_format)
             # Image.open leaves an animated image on its first frame, which is the one we hash. EXIF

@@ -10,17 +10,38 @@ import zlib
 MiB = 1024 * 1024
 
 
-def big_png(side: int = 8000) -> bytes:
-    """A legal ``side`` x ``side`` RGB PNG (8000: 64 megapixels, the default limit): smooth gradients and a
-    coarse pattern, so it compresses to a few MB."""
+#: The side of the largest square image within the default pixel limit (``math.isqrt`` of REFWATCH_MAX_PIXELS,
+#: 48 M): the worst legal RGB image. Written out because this package imports nothing of refwatch's;
+#: tests/test_memory.py checks that it follows the default.
+DEFAULT_SIDE = 6928
+
+
+def big_png(side: int = DEFAULT_SIDE) -> bytes:
+    """A legal ``side`` x ``side`` RGB PNG (default: the largest square at the default pixel limit): smooth
+    gradients and a coarse pattern, so it compresses to under a MB."""
+    return heavy_image("PNG", "RGB", side, side, compress_level=1)
+
+
+def heavy_image(image_format: str, mode: str, width: int, height: int, **params: object) -> bytes:
+    """A legal ``width`` x ``height`` image in ``image_format`` (a Pillow format name: PNG, WEBP, JPEG2000,
+    AVIF, JPEG with ``progressive=True``...) and ``mode`` (RGB, RGBA, L, CMYK...): the same gradients and
+    pattern as ``big_png`` (an RGBA one gets a gradient of alpha), encoded with ``params``. For measuring what
+    the worst legal image of each format costs to decode: how it compresses does not change that."""
     import numpy as np
     from PIL import Image
 
-    x = np.arange(side, dtype=np.uint32)
-    red = np.broadcast_to((x * 255 // side).astype(np.uint8), (side, side))
-    blue = (((x[:, None] // 500) + (x[None, :] // 500)) % 2 * 180 + 40).astype(np.uint8)
+    x = np.arange(width, dtype=np.uint32)
+    y = np.arange(height, dtype=np.uint32)
+    red = np.broadcast_to((x * 255 // width).astype(np.uint8), (height, width))
+    green = np.broadcast_to((y * 255 // height).astype(np.uint8)[:, None], (height, width))
+    blue = (((y[:, None] // 500) + (x[None, :] // 500)) % 2 * 180 + 40).astype(np.uint8)
+    image = Image.fromarray(np.dstack([red, green, blue]), "RGB")
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(255 - red // 2, "L"))
+    elif mode != "RGB":
+        image = image.convert(mode)
     out = io.BytesIO()
-    Image.fromarray(np.dstack([red, red.T, blue]), "RGB").save(out, "PNG", compress_level=1)
+    image.save(out, image_format, **params)
     return out.getvalue()
 
 
