@@ -159,5 +159,6 @@ def hold_images_in_one_block(max_pixels: int) -> None:
     is freed, where 16 MiB blocks stay in the allocator's heap.
     """
     needed = min(4 * max_pixels + 4096, 1 << 30)  # RGB is kept as RGBX: 4 bytes a pixel, the most of any mode
+    needed = -(-needed // 4096) * 4096  # Pillow wants whole pages (any --max-pixels must start a crawl)
     if Image.core.get_block_size() < needed:
         Image.core.set_block_size(needed)

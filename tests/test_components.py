@@ -184,3 +184,12 @@ def test_redirects_drop_the_referer_without_warning() -> None:
     followed = middleware.process_response(request, redirect)
     assert isinstance(followed, Request) and followed.url == "http://b.example/y.jpg"
     assert "Referer" not in followed.headers
+
+
+def test_any_pixel_limit_gives_pillow_a_block_size_it_takes() -> None:
+    from PIL import Image
+
+    from middlewares.hashing import hold_images_in_one_block
+
+    hold_images_in_one_block(50_000_001)  # 4 x 50,000,001 + 4096 is no multiple of Pillow's 4096
+    assert Image.core.get_block_size() >= 4 * 50_000_001 and Image.core.get_block_size() % 4096 == 0
