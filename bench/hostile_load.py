@@ -27,12 +27,13 @@ kind                  what the server does                                      
 ``reset``             the connection closed with a TCP reset, nothing answered        connection_error
 ====================  ==============================================================  ==================
 
-and 1 reference in ``--big-every`` (default 2,000) is a legal 64-megapixel RGB PNG (2.7 MB), decoded and
+and 1 reference in ``--big-every`` (default 2,000) is the largest legal RGB PNG (48 megapixels at the default
+limit: ``crawler.sample.hostile.big_png()``, 0.7 MB), decoded and
 hashed: what the decode budget is for.
 
 The crawl is ``python -m crawler.cli.main crawl SNAPSHOT --processes 1 --allow-private-networks --json
 --no-progress --timeout T`` at the default settings otherwise (64 in flight, 8 per host, 2 retries, 50 MiB
-bodies, 64-megapixel images, the default decode budget). ``--timeout`` is the only one changed, to 5 s by
+bodies, 48-megapixel images, the default decode and body budgets). ``--timeout`` is the only one changed, to 5 s by
 default: a drip-fed answer holds a request slot for the whole timeout, three times (timeouts are retried),
 so at the default 30 s the 1,250 of 100,000 references would keep slots busy for ~30 minutes on their own.
 
@@ -311,7 +312,7 @@ def report(result: dict[str, object], kinds: Counter[str], out: Path) -> bool:
         table.setdefault(kind, Counter())[row["outcome"]] += 1
     wall, cpu, peak = result["wall"], result["cpu"], result["peak"]
     print(f"\nrefwatch crawl under hostility: {refs} refs ({refs - kinds['img'] - kinds['big']} hostile, "
-          f"{kinds['big']} 64-megapixel PNGs), exit {result['status']}")
+          f"{kinds['big']} largest PNGs), exit {result['status']}")
     print(f"  wall {wall:.0f} s = {refs / wall:.0f} refs/s (start-up included); crawl CPU {cpu:.0f} s = "
           f"{1000 * cpu / refs:.2f} ms/ref ({100 * cpu / wall:.0f}% of a core); site CPU "
           f"{1000 * result['server_cpu'] / refs:.2f} ms/ref; other processes {100 * result['other_cpu'] / wall:.0f}% "
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--refs", type=int, default=100_000)
     parser.add_argument("--hosts", type=int, default=16, help="loopback hosts 127.0.0.1..K (default 16)")
     parser.add_argument("--timeout", type=float, default=5.0, help="crawl --timeout (default 5 s; see above)")
-    parser.add_argument("--big-every", type=int, default=2000, help="one 64-megapixel PNG in this many refs")
+    parser.add_argument("--big-every", type=int, default=2000, help="one largest legal PNG in this many refs")
     parser.add_argument("--without", action="append", default=[], choices=HOSTILE, metavar="KIND",
                         help="leave a hostile kind out of the mix (repeatable)")
     parser.add_argument("--deadline", type=float, default=3600.0, help="kill the crawl after this many seconds")
