@@ -1,12 +1,15 @@
-"""Every core: ``refwatch crawl --processes 1`` against ``--processes 2`` on one image corpus, side by side.
+"""Every core: ``refwatch crawl --processes 1`` against ``--processes 2``, and ``refwatch worker`` x1 against
+x2 (Redis), on one image corpus, side by side.
 
-Not a test: run it by hand from the repository root (as root, or with Debian's ``nginx`` installed) and read
-the table it prints. This is the benchmark of issue 11 ("scaling efficiency >= 0.9 on this 2-core machine").
+Not a test: run it by hand from the repository root (as root, or with Debian's ``nginx`` and ``redis-server``
+installed) and read the table it prints. This is the benchmark of issue 11 ("scaling efficiency >= 0.9 on this 2-core
+machine").
 
     python bench/scaling_bench.py                          # 3,000 images + 10% dead links, 4 rounds
     python bench/scaling_bench.py --images 600 --rounds 1  # a quick look
     python bench/scaling_bench.py --profile                # also time each shard child's phases
     python bench/scaling_bench.py --json /tmp/scaling.json # the whole result as JSON too
+    python bench/scaling_bench.py --variants "crawl x1,crawl x2,worker x1,worker x2"  # some clients only
 
 What it reuses from ``bench/throughput_bench.py``: the corpus (``build_corpus``: the cached web-sized synthetic
 images), the URL list (``write_snapshot``: every image once plus ``--dead-share`` dead links, half 404, half a
@@ -24,68 +27,85 @@ from start to exit, CPU of the whole process tree from ``os.wait4``, peak RSS of
   crawl process's start-up (the only way before the zygote);
 - ``crawl x1, 1 core``: ``crawl x1`` under ``taskset -c 0``. One process already keeps ~1.3 cores busy (its
   hashing threads release the GIL), so issue 11's "x2 / (2 x x1)" cannot reach 1 on 2 cores even without any
-  overhead; against one pinned process it can, which separates sharding's cost from that ceiling.
+  overhead; against one pinned process it can, which separates sharding's cost from that ceiling;
+- ``worker x1``: the Redis path. A fresh ``redis-server`` for the run (127.0.0.1, a free port, no persistence,
+  stopped whatever happens), ``refwatch seed SNAPSHOT --redis URL --run-id bench-ROUND`` into the run's own
+  output folder (timed on its own), then one ``refwatch worker --redis URL --processes 1 --exit-when-idle``
+  until it exits (it forks each shard child from its own zygote, and runs the end-of-run pass);
+- ``worker x2``: the same with two such workers at once (two machines' worth on one machine: two zygotes,
+  two workers polling Redis; whichever takes the run's finalize lock runs the end-of-run pass);
+- ``worker x1 -p2``: one worker ``--processes 2`` (one zygote, two shard children at once).
 
-Both with ``--per-host 64 --concurrency 64`` (per process) as throughput_bench runs refwatch. The shard size
-defaults to an eighth of the URL list (rounded up: 8 shards), printed. A variant is a name, a family, a
-process count and its command (and optionally the cores it may use); efficiency compares each variant with its family's one-process variant, so ``refwatch worker``
-x1/x2 (with Redis) can be added as another family later.
+All with ``--per-host 64 --concurrency 64`` (per process) as throughput_bench runs refwatch. The per-host
+limit is 64 in flight to the host from all processes in both paths: ``crawl --processes 2`` splits it (32
+each), workers share it through Redis (``REFWATCH_REDIS_URL``, which ``refwatch worker`` always sets: a few
+Redis calls per request, so redis-server's CPU is part of the Redis path's cost). The shard size defaults to
+an eighth of the URL list (rounded up: 8 shards), printed; the same for both paths. A variant is a name, a
+family, a process count and its command (and optionally the cores it may use, the workers it runs);
+efficiency compares each variant with its family's one-process variant. ``--variants`` picks the clients.
 
 **How each crawl is timed.** The crawl runs inside a thin wrapper (``scaling_bench.py _timed REPORT -- ARGS``,
 ``crawler.cli.main.main(ARGS)`` in the same process) that writes, just before the process exits, its own CPU
-(``RUSAGE_SELF``) and its reaped children's (``RUSAGE_CHILDREN``) — the parent's overhead is the first — and,
-for ``--processes 2``, when the first child started, each shard child's end, wall and CPU (``RUSAGE_CHILDREN``
-read right after the child is reaped), when the last child ended and how long the end-of-run pass took (by
-wrapping ``crawler.workers.local.crawl_shards`` and ``crawler.shards.finish.finish_sharded_run``; refwatch's
-code is not changed; a child's CPU is its ``wait4`` figure, which crawl_shards reports for exec'd and forked
-children alike, since a forked child is reaped by the zygote). With ``--profile`` each shard child runs in the
-wrapper too (exec'd: ``_timed``; forked: the zygote's entry is ``bench.scaling_bench:timed_shard``) and records
-when its engine started (its start-up), its first and last response, and when its reactor stopped (CPU at each).
+(``RUSAGE_SELF``) and its reaped children's (``RUSAGE_CHILDREN``) — the parent's overhead is the first — and, for
+``--processes 2``, when the first child started, each shard child's end, wall and CPU (``RUSAGE_CHILDREN`` read right
+after the child is reaped), when the last child ended and how long the end-of-run pass took (by wrapping
+``crawler.workers.local.crawl_shards`` and ``crawler.shards.finish.finish_sharded_run``; refwatch's code is not
+changed; a child's CPU is its ``wait4`` figure, which crawl_shards reports for exec'd and forked children alike,
+since a forked child is reaped by the zygote). The workers run under another thin launcher (``scaling_bench.py
+_workers REPORT N -- worker ARGS``) that starts the N workers at once and reaps each with ``wait4``: wall from the
+first one's start to the last one's exit, CPU the workers' (each reaps its zygote, which reaps the shard children;
+the launcher's own ~0.1 s is left out); the seed's wall and CPU, and redis-server's CPU during the seed and during
+the workers (from /proc), are reported beside. With ``--profile`` each shard child runs in the wrapper too (exec'd:
+``_timed``; forked: the zygote's entry is ``bench.scaling_bench:timed_shard``) and records when its engine started
+(its start-up), its first and last response, and when its reactor stopped (CPU at each).
 
-Around each run the benchmark also reads nginx's CPU (its master and worker, from /proc) and the machine's
-(``/proc/stat``), so a run's core-seconds (2 x wall) split into the crawl's CPU, nginx's, everything else on the
-machine and idle. Before the rounds, one crawl of a one-image snapshot gives a crawl process's start-up CPU,
-which every shard child pays again. The machine is shared: before each run the benchmark waits (at most
-``--wait-quiet`` s) for a second in which other processes use less than 10% of the cores, prints what the others
-used during each run, and gives the efficiency over the rounds where they stayed under 10% in both runs too.
+Around each run the benchmark also reads nginx's CPU (its master and worker, from /proc), redis-server's and the
+machine's (``/proc/stat``), so a run's core-seconds (2 x wall) split into the crawl's CPU, the servers', everything
+else on the machine and idle. Before the rounds, one crawl of a one-image snapshot gives a crawl process's start-up
+CPU, which every shard child pays again. The machine is shared: before each run the benchmark waits (at most
+``--wait-quiet`` s) for a second in which other processes use less than 10% of the cores, prints what the others used
+during each run, and gives the efficiency over the rounds where they stayed under 10% in both runs too.
 
-Columns: images/s (live images over wall seconds, start-up included; median over rounds and range), CPU ms
-per live image (the whole tree), the parent's own CPU (the tree less its children's; one process has no
-children, so there it is the whole crawl), cores the tree kept busy (CPU / wall), peak RSS of the tree, nginx's
-CPU ms per image, the share of the cores other processes used and the share left idle. Scaling efficiency =
-(images/s with 2) / (2 x images/s with 1), per round (the runs of a round ran one after the other), median and
-range, against ``crawl x1`` (issue 11's figure) and against ``crawl x1, 1 core``, split into three measured
-factors (``efficiencies``): 1 / the cores x1 keeps busy (the ceiling with no overhead), x1's CPU / x2's (what
-sharding costs), and the share of 2 x wall x2 keeps busy (serial phases, the tail, other processes).
-Then, for x2, where its time went: the core-seconds split, the parent's phases, the children's walls and CPU,
-empty process slots and the tail. Correctness, cheaply: every run's summary must count the expected ok /
-not_found / connection_error outcomes (a warning otherwise), and all runs the same. Network: loopback only.
-Every server and process started is stopped (``measure`` kills each client's process group); temp dirs are
-removed.
+Columns: images/s (live images over wall seconds, start-up included; median over rounds and range), CPU ms per live
+image (the whole tree), the parent's own CPU (the tree less its children's; one process has no children, so there it
+is the whole crawl; "-" for workers), cores the tree kept busy (CPU / wall), peak RSS of the tree, nginx's CPU ms per
+image, the share of the cores other processes used and the share left idle. Scaling efficiency = (images/s with 2) /
+(2 x images/s with 1), per round (the runs of a round ran one after the other), median and range, against ``crawl
+x1`` (issue 11's figure) and against ``crawl x1, 1 core``, split into three measured factors (``efficiencies``): 1 /
+the cores x1 keeps busy (the ceiling with no overhead), x1's CPU / x2's (what sharding costs), and the share of 2 x
+wall x2 keeps busy (serial phases, the tail, other processes); and the images per CPU-second of x2's tree over x1's.
+The worker family likewise against ``worker x1``. Then, for x2, where its time went: the core-seconds split, the
+parent's phases, the children's walls and CPU, empty process slots and the tail. Correctness, cheaply: every run's
+summary must count the expected ok / not_found / connection_error outcomes (a warning otherwise), and all runs the
+same. Network: loopback only. Every server and process started is stopped (``measure`` kills each client's process
+group); temp dirs are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput_bench import (  # noqa: E402  (the benchmark next door; it puts the repository on sys.path)
-    MiB, QUIET_THREADS, RunResult, _tree, build_corpus, describe_corpus, free_port, machine_facts,
-    measure, running_nginx, write_snapshot,
+    REPO_ROOT, MiB, QUIET_THREADS, RunResult, _kill_group, _tree, build_corpus, describe_corpus, free_port,
+    machine_facts, measure, running_nginx, write_snapshot,
 )
 
 THIS = Path(__file__).resolve()
@@ -226,8 +246,30 @@ def cmd_timed(argv: Sequence[str]) -> int:
     return code or 0
 
 
+def cmd_workers(argv: Sequence[str]) -> int:
+    """``_workers REPORT N -- ARGS``: start N ``refwatch ARGS`` at once, reap each with ``wait4`` (its CPU
+    includes its zygote's and the shard children's: each reaps its own), then write REPORT (JSON): when the first
+    started and the last exited, each one's exit code, end and CPU. This launcher's own CPU is left out."""
+    report, count, args = Path(argv[0]), int(argv[1]), list(argv[3:])
+    started = time.perf_counter()
+    pending: dict[int, int] = {}
+    for index in range(count):
+        with (report.parent / f"worker{index}.stderr").open("wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "crawler.cli.main", *args], stdout=subprocess.DEVNULL,
+                                    stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+        pending[proc.pid] = index
+    workers: list[dict[str, Any]] = []
+    while pending:  # the launcher's only children are the workers
+        pid, status, usage = os.wait4(-1, 0)
+        if pid in pending:
+            workers.append({"worker": pending.pop(pid), "exit": os.waitstatus_to_exitcode(status),
+                            "end": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime})
+    report.write_text(json.dumps({"wall": time.perf_counter() - started, "workers": workers}))
+    return max(abs(w["exit"]) for w in workers)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Around the crawl: nginx's and the machine's CPU
+# Around the crawl: nginx's, redis-server's and the machine's CPU
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -252,6 +294,41 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
 
 
+@contextlib.contextmanager
+def running_redis(folder: Path, timeout: float = 15.0) -> Iterator[tuple[str, int]]:
+    """A fresh ``redis-server`` on 127.0.0.1 (a free port), no persistence (a benchmark's run is thrown away);
+    yields (URL, pid) and stops it whatever happens. (tests/redisserver.py runs it with AOF, as deployed.)"""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    with (folder / "redis.log").open("wb") as log:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                 "--appendonly", "no", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+                                 "--maxmemory-policy", "noeviction"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}: "
+                                   f"{(folder / 'redis.log').read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on port {port} within {timeout:.0f} s")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
+    finally:
+        _kill_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 def wait_quiet(limit: float, cores: int) -> float:
     """Wait (at most ``limit`` s) for a second in which other processes use less than ``QUIET`` of the cores;
     returns the seconds waited. The machine is shared: a run that starts under load measures the neighbours."""
@@ -272,10 +349,13 @@ def wait_quiet(limit: float, cores: int) -> float:
 class Variant:
     name: str
     family: str  # efficiency compares a variant with its family's one-process variants
-    processes: int
+    processes: int  # shard crawls at once, all told
     command: Callable[[Path, Path, int], list[str]]  # (snapshot, output folder, shard size) -> refwatch ARGS
     cpus: str | None = None  # taskset's list: the crawl (and its threads) on these cores only
     env: tuple[str, ...] = ()  # NAME=VALUE for the crawl's environment
+    # The Redis path: ``command`` is the seed's (less --redis and --run-id), then this many
+    # ``refwatch worker --processes processes/workers --exit-when-idle`` run at once. 0: a crawl.
+    workers: int = 0
 
 
 def crawl_args(processes: int) -> Callable[[Path, Path, int], list[str]]:
@@ -286,11 +366,20 @@ def crawl_args(processes: int) -> Callable[[Path, Path, int], list[str]]:
     return build
 
 
+def seed_args(snapshot: Path, out: Path, shard_size: int) -> list[str]:
+    return ["seed", str(snapshot), "--out", str(out), "--allow-private-networks", "--json", "--per-host", "64",
+            "--concurrency", "64", "--no-progress", "--shard-size", str(shard_size)]
+
+
 # "crawl x1, 1 core" is the per-core baseline: one process already keeps more than one core busy (its hashing
 # threads release the GIL), so "x2 / (2 x x1)" mixes sharding's cost with that; against one core it does not.
 VARIANTS = (Variant("crawl x1", "crawl", 1, crawl_args(1)), Variant("crawl x2", "crawl", 2, crawl_args(2)),
             Variant("crawl x1, 1 core", "crawl", 1, crawl_args(1), cpus="0"),
-            Variant("crawl x2, exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)))
+            Variant("crawl x2, exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)),
+            # Two machines' worth on one: two workers of one process each; and one worker of two processes.
+            Variant("worker x1", "worker", 1, seed_args, workers=1),
+            Variant("worker x2", "worker", 2, seed_args, workers=2),
+            Variant("worker x1 -p2", "worker", 2, seed_args, workers=1))
 
 
 @dataclass
@@ -306,6 +395,8 @@ class Context:
 
 
 def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> RunResult:
+    if variant.workers:
+        return run_workers_variant(variant, ctx, round_, scratch)
     out, report, child_reports = scratch / "out", scratch / "timed.json", scratch / "children"
     child_reports.mkdir()
     cmd = ((["env", *variant.env] if variant.env else []) + (["taskset", "-c", variant.cpus] if variant.cpus else [])
@@ -321,12 +412,8 @@ def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> R
         summary = {}
     outcomes = summary.get("outcomes", {})
     good = m.returncode == 0 and not m.timed_out and bool(summary)
-    problems = [f"{k} {outcomes.get(k, 0)} (expected {ctx.expected[k]})"
-                for k in ("ok", "not_found", "connection_error") if outcomes.get(k, 0) != ctx.expected[k]]
-    if not good:
-        problems.append(f"exit {m.returncode}{' (timed out)' if m.timed_out else ''}: {m.stderr_tail[-800:]}")
-    if problems:
-        print(f"  WARNING {variant.name}: " + "; ".join(problems), flush=True)
+    problems = _check(variant.name, summary, ctx.expected, None if good else
+                      f"exit {m.returncode}{' (timed out)' if m.timed_out else ''}: {m.stderr_tail[-800:]}")
     marks = json.loads(report.read_text()) if report.exists() else {}
     children = [json.loads(p.read_text()) for p in sorted(child_reports.glob("*.json"))]
     busy = busy_after - busy_before
@@ -339,6 +426,67 @@ def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> R
     shutil.rmtree(out, ignore_errors=True)
     return RunResult(variant.name, round_, m.wall_seconds, m.cpu_seconds, m.peak_rss, ctx.expected["ok"], good,
                      details)
+
+
+def _check(name: str, summary: dict[str, Any], expected: dict[str, int], failure: str | None) -> list[str]:
+    outcomes = summary.get("outcomes", {})
+    problems = [f"{k} {outcomes.get(k, 0)} (expected {expected[k]})"
+                for k in ("ok", "not_found", "connection_error") if outcomes.get(k, 0) != expected[k]]
+    if failure:
+        problems.append(failure)
+    if problems:
+        print(f"  WARNING {name}: " + "; ".join(problems), flush=True)
+    return problems
+
+
+def run_workers_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> RunResult:
+    """The Redis path: a fresh redis-server, ``refwatch seed`` (timed on its own), then ``variant.workers``
+    workers at once until the last exits (``--exit-when-idle``): wall from the first's start to the last's exit,
+    CPU = the workers' ``wait4`` (their zygotes and shard children included). Outcomes from the run's summary."""
+    out, report, run_id = scratch / "out", scratch / "workers.json", f"bench-{round_}"
+    (scratch / "redis").mkdir()
+    with running_redis(scratch / "redis") as (url, redis_pid):
+        redis_before = tree_cpu(redis_pid)
+        seeded = measure([sys.executable, "-m", "crawler.cli.main", *variant.command(ctx.snapshot, out, ctx.shard_size),
+                          "--redis", url, "--run-id", run_id], timeout=ctx.timeout, scratch=scratch)
+        redis_seed = tree_cpu(redis_pid) - redis_before
+        failure = None if seeded.returncode == 0 else f"seed exit {seeded.returncode}: {seeded.stderr_tail[-800:]}"
+        waited = wait_quiet(ctx.wait_quiet, ctx.cores) if ctx.wait_quiet > 0 else 0.0
+        nginx_before, redis_before, (busy_before, idle_before) = (tree_cpu(ctx.nginx_pid), tree_cpu(redis_pid),
+                                                                  machine_cpu())
+        per_worker = variant.processes // variant.workers
+        m = measure([sys.executable, str(THIS), "_workers", str(report), str(variant.workers), "--", "worker",
+                     "--redis", url, "--processes", str(per_worker), "--exit-when-idle", "--log-level", "WARNING"],
+                    timeout=ctx.timeout, scratch=scratch)
+        nginx_cpu, redis_cpu, (busy_after, idle_after) = (tree_cpu(ctx.nginx_pid) - nginx_before,
+                                                          tree_cpu(redis_pid) - redis_before, machine_cpu())
+    marks = json.loads(report.read_text()) if report.exists() else {}
+    workers = sorted(marks.get("workers", []), key=lambda w: w["end"])
+    summary_file = out / "runs" / run_id / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    good = (failure is None and m.returncode == 0 and not m.timed_out and bool(summary) and len(workers) ==
+            variant.workers and summary.get("finish_reason") == "finished")
+    if failure is None and not good:
+        logs = "".join(p.read_text(errors="replace")[-600:] for p in sorted(scratch.glob("worker*.stderr")))
+        failure = (f"workers exit {m.returncode}{' (timed out)' if m.timed_out else ''}, finish_reason "
+                   f"{summary.get('finish_reason')}: {m.stderr_tail[-400:]}{logs}")
+    problems = _check(variant.name, summary, ctx.expected, failure)
+    wall = marks.get("wall", m.wall_seconds)
+    cpu = sum(w["cpu"] for w in workers) if workers else m.cpu_seconds
+    busy = busy_after - busy_before
+    details = {
+        "outcomes": {k: v for k, v in summary.get("outcomes", {}).items() if v}, "shards": summary.get("shards"),
+        "problems": problems, "nginx_cpu_seconds": nginx_cpu, "redis_cpu_seconds": redis_cpu,
+        "machine_busy_seconds": busy, "machine_idle_seconds": idle_after - idle_before,
+        "others_cpu_seconds": busy - m.cpu_seconds - nginx_cpu - redis_cpu, "waited_for_quiet_seconds": waited,
+        "seed_seconds": seeded.wall_seconds, "seed_cpu_seconds": seeded.cpu_seconds,
+        "redis_seed_cpu_seconds": redis_seed, "launcher_cpu_seconds": m.cpu_seconds - cpu,
+        "worker_cpu": [w["cpu"] for w in workers], "worker_end": [w["end"] for w in workers],
+        # between the first worker's exit and the last's (two workers): one of them alone
+        "tail_seconds": workers[-1]["end"] - workers[0]["end"] if len(workers) > 1 else math.nan,
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return RunResult(variant.name, round_, wall, cpu, m.peak_rss, ctx.expected["ok"], good, details)
 
 
 def timeline(marks: dict[str, Any], wall: float, tree_cpu_s: float, processes: int) -> dict[str, Any]:
@@ -425,6 +573,8 @@ def summarise(results: list[RunResult], cores: int) -> dict[str, dict[str, Any]]
             "peak_rss_mib": max(r.peak_rss for r in runs) / MiB,
             "nginx_cpu_ms_per_image": _stats([1000 * x["nginx_cpu_seconds"] / r.live_images for x, r in zip(d, runs)]),
             "nginx_cpu_seconds": _stats([x["nginx_cpu_seconds"] for x in d]),
+            "redis_cpu_ms_per_image": _stats([1000 * x.get("redis_cpu_seconds", math.nan) / r.live_images
+                                              for x, r in zip(d, runs)]),
             "others_cpu_seconds": _stats([x["others_cpu_seconds"] for x in d]),
             "others_share": _stats([x["others_cpu_seconds"] / (cores * r.wall_seconds) for x, r in zip(d, runs)]),
             "cores_used": _stats([r.cpu_seconds / r.wall_seconds for r in runs]),
@@ -432,7 +582,9 @@ def summarise(results: list[RunResult], cores: int) -> dict[str, dict[str, Any]]
             **{key: _stats([x.get(key, math.nan) for x in d]) for key in (
                 "parent_startup_seconds", "parent_startup_cpu", "children_phase_seconds", "tail_seconds",
                 "idle_slot_seconds", "finish_seconds", "finish_cpu", "after_children_seconds",
-                "children_phase_parent_cpu", "parent_exit_cpu_seconds")},
+                "children_phase_parent_cpu", "parent_exit_cpu_seconds", "seed_seconds", "seed_cpu_seconds",
+                "redis_seed_cpu_seconds", "redis_cpu_seconds", "launcher_cpu_seconds")},
+            "worker_cpu": _stats([c for x in d for c in x.get("worker_cpu", [])]),
             "child_seconds": _stats([s for x in d for s in x.get("child_seconds", [])]),
             "child_cpu": _stats([s for x in d for s in x.get("child_cpu", [])]),
             "shards": d[0].get("shards"),
@@ -451,11 +603,12 @@ def efficiencies(results: list[RunResult], cores: int) -> dict[str, dict[str, tu
         W1 / (n Wn)  =  W1 / (C1 + N1)  x  (C1 + N1) / (Cn + Nn)  x  (Cn + Nn) / (n Wn)
                         ``x1_factor``      ``cpu_ratio``             ``xn_busy``
 
-    ``x1_factor`` is 1 / the cores x1 and nginx keep busy: with n = cores it is the ceiling with no overhead at
-    all (one process that already keeps 1.3 cores busy cannot be doubled on 2 cores); ``cpu_ratio`` is what
-    sharding costs in CPU (start-ups, the parent); ``xn_busy`` is how much of n cores x wall the run kept busy
-    (the rest: serial phases, the tail, other processes). ``efficiency_quiet`` is ``efficiency`` over the rounds
-    where other processes used less than ``QUIET`` of the cores in both runs.
+    N includes redis-server's CPU on the Redis path. ``per_cpu_second`` is C1 / Cn: images per CPU-second of the
+    client's tree, n processes against one. ``x1_factor`` is 1 / the cores x1 and nginx keep busy: with n = cores it
+    is the ceiling with no overhead at all (one process that already keeps 1.3 cores busy cannot be doubled on 2
+    cores); ``cpu_ratio`` is what sharding costs in CPU (start-ups, the parent); ``xn_busy`` is how much of n cores x
+    wall the run kept busy (the rest: serial phases, the tail, other processes). ``efficiency_quiet`` is
+    ``efficiency`` over the rounds where other processes used less than ``QUIET`` of the cores in both runs.
     """
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for variant in VARIANTS:
@@ -463,19 +616,21 @@ def efficiencies(results: list[RunResult], cores: int) -> dict[str, dict[str, tu
             continue
         for base in (v for v in VARIANTS if v.family == variant.family and v.processes == 1):
             rows: dict[str, list[float]] = {"efficiency": [], "x1_factor": [], "cpu_ratio": [], "xn_busy": [],
-                                            "efficiency_quiet": []}
+                                            "per_cpu_second": [], "efficiency_quiet": []}
             for round_ in sorted({r.round for r in results}):
                 one = [r for r in results if r.round == round_ and r.client == base.name and r.ok]
                 many = [r for r in results if r.round == round_ and r.client == variant.name and r.ok]
                 if not (one and many):
                     continue
                 x1, xn, n = one[0], many[0], variant.processes
-                busy1 = x1.cpu_seconds + x1.details["nginx_cpu_seconds"]
-                busyn = xn.cpu_seconds + xn.details["nginx_cpu_seconds"]
+                # the servers' CPU counts as the client's: nginx's, and redis-server's on the Redis path
+                busy1 = x1.cpu_seconds + x1.details["nginx_cpu_seconds"] + x1.details.get("redis_cpu_seconds", 0.0)
+                busyn = xn.cpu_seconds + xn.details["nginx_cpu_seconds"] + xn.details.get("redis_cpu_seconds", 0.0)
                 rows["efficiency"].append(xn.images_per_second / (n * x1.images_per_second))
                 rows["x1_factor"].append(x1.wall_seconds / busy1)
                 rows["cpu_ratio"].append(busy1 / busyn)
                 rows["xn_busy"].append(busyn / (n * xn.wall_seconds))
+                rows["per_cpu_second"].append(x1.cpu_seconds / xn.cpu_seconds)  # images per CPU-s of the tree
                 if all(r.details["others_cpu_seconds"] < QUIET * cores * r.wall_seconds for r in (x1, xn)):
                     rows["efficiency_quiet"].append(rows["efficiency"][-1])
             if not rows["efficiency"]:
@@ -487,7 +642,7 @@ def efficiencies(results: list[RunResult], cores: int) -> dict[str, dict[str, tu
 
 
 def _range(s: tuple[float, float, float], fmt: str = ".0f") -> str:
-    return f"{s[0]:{fmt}} ({s[1]:{fmt}}-{s[2]:{fmt}})"
+    return "-" if math.isnan(s[0]) else f"{s[0]:{fmt}} ({s[1]:{fmt}}-{s[2]:{fmt}})"
 
 
 def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[str, Any], expected: dict[str, int],
@@ -520,14 +675,28 @@ def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[st
               f"per round; issue 11's target >= 0.9)")
         print(f"  in the {quiet} of {rounds} rounds where others used < {QUIET:.0%} of the cores in both runs: "
               f"{_range(e['efficiency_quiet'], '.2f') if quiet else 'n/a'}")
-        print(f"  = 1 / cores x1 and nginx kept busy {_range(e['x1_factor'], '.2f')} (the ceiling with no overhead)"
-              f"\n  x CPU x1 / CPU x2 (nginx's included) {_range(e['cpu_ratio'], '.2f')} (sharding's CPU)"
-              f"\n  x share of processes x wall that x2 and nginx kept busy {_range(e['xn_busy'], '.2f')} (serial "
-              f"phases, the tail, others)")
+        print(f"  images per CPU-second of the tree, x2 / x1: {_range(e['per_cpu_second'], '.2f')}")
+        print(f"  = 1 / cores x1 and the servers kept busy {_range(e['x1_factor'], '.2f')} (the ceiling with no "
+              f"overhead)\n  x CPU x1 / CPU x2 (nginx's and redis-server's included) {_range(e['cpu_ratio'], '.2f')} "
+              f"(sharding's CPU)\n  x share of processes x wall that x2 and the servers kept busy "
+              f"{_range(e['xn_busy'], '.2f')} (serial phases, the tail, others)")
+    for name, row in table.items():
+        if math.isnan(row["seed_seconds"][0]):
+            continue
+        print(f"\nthe Redis path, {name} (medians over rounds): seed {row['seed_seconds'][0]:.2f} s wall, "
+              f"{row['seed_cpu_seconds'][0]:.2f} CPU s (+ redis-server {row['redis_seed_cpu_seconds'][0]:.3f}); "
+              f"workers: redis-server {_range(row['redis_cpu_ms_per_image'], '.3f')} CPU ms/image "
+              f"({row['redis_cpu_seconds'][0]:.2f} CPU s); per worker {_range(row['worker_cpu'], '.1f')} CPU s; "
+              f"first to last worker's exit {_range(row['tail_seconds'], '.2f')} s; the launcher "
+              f"{row['launcher_cpu_seconds'][0]:.2f} CPU s (not counted)")
     for name, row in table.items():
         if math.isnan(row["children_phase_seconds"][0]):
             continue  # one process: no shards
-        one = table[next(v.name for v in VARIANTS if v.processes == 1 and v.cpus is None)]
+        base = next((v.name for v in VARIANTS if v.processes == 1 and v.cpus is None and v.name in table
+                     and v.family == next(x.family for x in VARIANTS if x.name == name)), None)
+        if base is None:
+            continue
+        one = table[base]
         wall, cpu = row["wall_seconds"][0], row["tree_cpu_seconds"][0]
         cores = facts["nproc"]
         print(f"\nwhere {name}'s time goes (medians over rounds, seconds; {row['shards']} shards):")
@@ -564,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_timed"]:
         return cmd_timed(argv[1:])
+    if argv[:1] == ["_workers"]:
+        return cmd_workers(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--images", type=int, default=3000, help="live images in the corpus (default 3000)")
     parser.add_argument("--dead-share", type=float, default=0.10,
@@ -571,6 +742,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
     parser.add_argument("--shard-size", type=int, default=None, metavar="ROWS",
                         help=f"rows per shard (default: the URL list / {DEFAULT_SHARDS}, rounded up)")
+    parser.add_argument("--variants", default=None, metavar="NAME[,NAME]",
+                        help="the clients to run, comma-separated (default: all): "
+                             + ", ".join(v.name for v in VARIANTS))
     parser.add_argument("--profile", action="store_true", help="time each shard child's phases too")
     parser.add_argument("--wait-quiet", type=float, default=15.0, metavar="S",
                         help=f"before each run, wait up to S seconds for a second in which other processes use "
@@ -580,6 +754,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.dead_share < 1 or args.images < 1 or args.rounds < 1 or (args.shard_size or 1) < 1:
         parser.error("need --images >= 1, --rounds >= 1, --shard-size >= 1 and 0 <= --dead-share < 1")
+    names = [n.strip() for n in args.variants.split(",")] if args.variants else [v.name for v in VARIANTS]
+    unknown = sorted(set(names) - {v.name for v in VARIANTS})
+    if unknown or not names:
+        parser.error(f"unknown --variants {unknown}; known: {', '.join(v.name for v in VARIANTS)}")
+    chosen = tuple(v for v in VARIANTS if v.name in names)
+    if any(v.workers for v in chosen) and not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        parser.error("the worker variants need redis-server (Debian's redis-server package)")
     os.environ.update(QUIET_THREADS)
     # SIGTERM (a ``timeout``, a CI runner) unwinds like Ctrl-C: nginx and the running client are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -614,8 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'' if result.ok else '  FAILED'}", flush=True)
 
             for round_ in range(args.rounds):
-                shift = round_ % len(VARIANTS)
-                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                shift = round_ % len(chosen)
+                for variant in chosen[shift:] + chosen[:shift]:
                     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
                     try:
                         result = run_variant(variant, ctx, round_ + 1, scratch)
@@ -623,9 +804,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         shutil.rmtree(scratch, ignore_errors=True)
                     results.append(result)
                     d = result.details
+                    own = (f"seed {d['seed_seconds']:4.1f} s {d['seed_cpu_seconds']:4.2f} CPU s  redis "
+                           f"{d['redis_cpu_seconds']:4.1f} CPU s" if variant.workers else
+                           f"parent {d.get('parent_cpu_seconds', math.nan):5.2f} CPU s")
                     print(f"round {round_ + 1}/{args.rounds}  {variant.name:<16} {result.images_per_second:6.0f} "
-                          f"images/s  {result.cpu_ms_per_image:6.2f} CPU ms/image  parent "
-                          f"{d.get('parent_cpu_seconds', math.nan):5.2f} CPU s  {result.peak_rss / MiB:5.0f} MiB  "
+                          f"images/s  {result.cpu_ms_per_image:6.2f} CPU ms/image  {own}  "
+                          f"{result.peak_rss / MiB:5.0f} MiB  "
                           f"wall {result.wall_seconds:5.1f} s  nginx {d['nginx_cpu_seconds']:4.1f} CPU s  others "
                           f"{d['others_cpu_seconds']:4.1f}  idle {d['machine_idle_seconds']:4.1f} core-s  (waited "
                           f"{d['waited_for_quiet_seconds']:.0f} s)"
@@ -637,7 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = summarise(results, facts["nproc"] or 1)
     eff = efficiencies(results, facts["nproc"] or 1)
     options = {"images": args.images, "dead_share": args.dead_share, "rounds": args.rounds, "shard_size": shard_size,
-               "profile": args.profile, "wait_quiet": args.wait_quiet}
+               "profile": args.profile, "wait_quiet": args.wait_quiet,
+               "variants": repr(",".join(v.name for v in chosen))}
     print_report(facts, options, corpus_facts, expected, startup, table, eff)
     counts = {json.dumps(r.details["outcomes"], sort_keys=True) for r in results if r.ok}
     same = len(counts) == 1
