@@ -230,13 +230,16 @@ def write_snapshot(path: Path, bases: list[str], refs: int, big_every: int, host
     for i in range(refs):
         base = bases[i % len(bases)]
         if big_every and i % big_every == big_every // 2:
-            kind, url = "big", f"{base}/big/{i}.png"
+            # on each host in turn (not always i % hosts's): one content on 20 URLs of a host is a placeholder
+            kind, url = "big", f"{bases[i // big_every % len(bases)]}/big/{i}.png"
         elif rng.random() < 0.1:
             kind = hostile_kinds[hostile % len(hostile_kinds)]
             hostile += 1
             url = f"{base}/{kind}/{i}"
         else:
-            kind, url = "img", f"{base}/img/{i}.jpg"
+            # each host cycles through all the site's images: one image under 20 URLs of a host, so no
+            # placeholder (REFWATCH_PLACEHOLDER_MIN_URLS) at 100,000 references
+            kind, url = "img", f"{base}/img/{i // len(bases)}.jpg"
         kinds[kind] += 1
         urls.append(url)
     pq.write_table(pa.table({"SAMPLE_ID": pa.array(range(refs), pa.int64()), "URL": pa.array(urls, pa.string())}),
@@ -352,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave a hostile kind out of the mix (repeatable)")
     parser.add_argument("--deadline", type=float, default=3600.0, help="kill the crawl after this many seconds")
     parser.add_argument("--keep", type=Path, default=None, help="keep snapshot, outputs and log in this folder")
+    parser.add_argument("--rss-trace", type=Path, default=None,
+                        help="write the crawl's RSS each second to this CSV (seconds,rss_mib,rows)")
     parser.add_argument("crawl_args", nargs="*", help="more crawl options, after --")
     args = parser.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="refwatch-hostile-"))
@@ -363,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             kinds = write_snapshot(snapshot, server.bases, args.refs, args.big_every, mix)
             print(f"[snapshot: {dict(kinds)}]", file=sys.stderr)
             result = run(snapshot, work / "out", args.timeout, server, args.deadline, args.crawl_args)
+        if args.rss_trace is not None:
+            args.rss_trace.write_text("seconds,rss_mib,rows\n" + "".join(
+                f"{t:.1f},{rss / MiB:.0f},{n}\n" for t, rss, n in result["samples"]))  # type: ignore[union-attr]
         ok = report(result, kinds, work / "out")
         if not ok:
             print("  the crawl's log ends with:\n" + "\n".join(
