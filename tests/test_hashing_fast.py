@@ -4,7 +4,8 @@ measured bounds where it folds steps together.
 * ``jarosz.pdq_exact_*`` (Meta's filter, literally) gives ``pdqhash``'s hash bit for bit on fixed arrays,
   dihedral hashes included: this pins the DCT, quality, median and rotation steps the crawl shares.
 * ``kernels.imagehash_arrays`` gives Pillow's ``convert("L").resize(..., LANCZOS)`` bit for bit, in both
-  pass orders Pillow picks, so pHash and dHash are imagehash's.
+  pass orders Pillow picks, so pHash and dHash are imagehash's; so does ``imagehash_arrays_by_rows``, the
+  large-image path that never holds a whole luma image.
 * On a corpus of photo-like synthetic scenes (JPEG, PNG, WebP, 320-1024 px) ``hash_bytes`` gives imagehash's
   pHash and dHash exactly, and PDQ within a fraction of a bit of ``pdqhash`` on the 512-px thumbnail.
 * ``algorithms`` computes only what is asked for.
@@ -83,6 +84,39 @@ def test_imagehash_images_are_pillows_resize(size: tuple[int, int]) -> None:
     small, tiny = kernels.imagehash_arrays(np.asarray(grey), transposed)
     np.testing.assert_array_equal(small, np.asarray(grey.resize((32, 32), LANCZOS)))
     np.testing.assert_array_equal(tiny, np.asarray(grey.resize((9, 8), LANCZOS)))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (9, 8), (8, 9), (1, 1), (2, 50), (50, 2), (640, 480), (1023, 767),
+                                  (1, 300), (300, 1), (3000, 20), (32, 600), (9, 100), (100, 8), (200, 1000),
+                                  (70, 130), (700, 129)])
+def test_imagehash_images_made_a_row_at_a_time_are_pillows_resize(size: tuple[int, int]) -> None:
+    """The large-image path (no whole luma, strips of 64 rows transposed) from RGBX, RGB and grey pixels:
+    sizes whose row counts are not multiples of the strip, and both pass orders."""
+    width, height = size
+    rgb = Image.fromarray(_smooth_noise(np.random.default_rng(width * 5 + height), height, width))
+    grey = rgb.convert("L")
+    expected = (np.asarray(grey.resize((32, 32), LANCZOS)), np.asarray(grey.resize((9, 8), LANCZOS)))
+    rgbx = np.asarray(rgb.convert("RGBA")).copy()
+    for flat, bands in ((rgbx.reshape(-1), 4), (np.asarray(rgb).reshape(-1), 3), (np.asarray(grey).reshape(-1), 1)):
+        small, tiny = kernels.imagehash_arrays_by_rows(flat, bands, height, width)
+        np.testing.assert_array_equal(small, expected[0])
+        np.testing.assert_array_equal(tiny, expected[1])
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_large_images_hash_the_same_by_rows(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hash_bytes`` gives the same hashes whichever luma path the image's size picks."""
+    import crawler.hashing.digest as digest
+
+    buffer = io.BytesIO()
+    Image.fromarray(_smooth_noise(np.random.default_rng(3), 700, 1100)).convert(mode).save(buffer, "PNG")
+    body = buffer.getvalue()
+    monkeypatch.setattr(digest, "LUMA_BY_ROWS_PIXELS", 10**12)
+    whole = hash_bytes(body)
+    monkeypatch.setattr(digest, "LUMA_BY_ROWS_PIXELS", 1)
+    by_rows = hash_bytes(body)
+    assert whole.phash is not None and whole.dhash is not None and whole.pdq is not None
+    assert (by_rows.phash, by_rows.dhash, by_rows.pdq) == (whole.phash, whole.dhash, whole.pdq)
 
 
 def test_both_pass_orders_are_covered() -> None:

@@ -7,7 +7,7 @@ retries so the drip-fed answers end quickly, against a raw-socket server on loop
 each:
 
 * the largest legal RGB PNG, a square at the default pixel limit (6928 x 6928 for 48 megapixels; a smooth
-  synthetic picture: 0.7 MB on the wire, ~275 MiB to decode and hash);
+  synthetic picture: 0.7 MB on the wire, ~185 MiB to decode and hash);
 * header lines without end; a body drip-fed a byte at a time; a chunked body past ``--max-bytes``;
 * a gzip bomb (a few hundred kB that inflate past ``--max-bytes``); a PNG image bomb (81 megapixels).
 
@@ -58,6 +58,40 @@ def bodies() -> dict[str, bytes]:
 def test_the_sample_png_sits_at_the_default_pixel_limit() -> None:
     """bench/hostile_load.py takes big_png()'s default side: it must follow REFWATCH_MAX_PIXELS too."""
     assert DEFAULT_SIDE == SIDE and SIDE**2 <= REFWATCH_MAX_PIXELS < (SIDE + 1) ** 2
+
+
+_HASH_PEAK_SCRIPT = """
+import io
+import sys
+from crawler.hashing.digest import hash_bytes
+from crawler.sample.scenes import scene_image
+from middlewares.hashing import hold_images_in_one_block
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+hold_images_in_one_block(int(sys.argv[1]))  # as the crawl allocates images: one block each
+body = sys.stdin.buffer.read()
+warm = io.BytesIO()
+scene_image(1, long_side=(2400, 2400))[0].save(warm, "PNG")
+hash_bytes(warm.getvalue())  # the kernels compiled and loaded, both luma paths
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # VmHWM starts again from VmRSS
+digest = hash_bytes(body)
+assert digest.phash and digest.dhash and digest.pdq, digest
+print(status("VmHWM") - before)
+"""
+
+
+def test_the_largest_rgb_png_decodes_and_hashes_in_four_bytes_a_pixel(bodies: dict[str, bytes]) -> None:
+    """Pillow's RGBX image and nothing of its size beside it: PDQ reads the pixels in place and pHash/dHash
+    make their luma a row at a time (a whole luma image and its transpose were 2 bytes a pixel more)."""
+    measured = subprocess.run([sys.executable, "-c", _HASH_PEAK_SCRIPT, str(REFWATCH_MAX_PIXELS)],
+                              input=bodies["png"], capture_output=True, cwd=REPO_ROOT, timeout=120, check=True)
+    peak = int(measured.stdout.decode().split()[-1])
+    print(f"\nlargest RGB PNG ({SIDE}x{SIDE}): {peak / MiB:.0f} MiB to decode and hash")
+    assert SIDE * SIDE * 3.5 < peak < SIDE * SIDE * 4.5  # (6 bytes a pixel before)
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -37,7 +37,8 @@ Private names relied on (checked against Scrapy 2.19 and Twisted 26.10): Scrapy'
 ``_default_warnsize``, ``_fail_on_dataloss(_warned)``, ``_tls_verbose_logging``, ``_crawler``; Twisted's
 ``twisted.web.client._StandardEndpointFactory`` (its ``_reactor``, ``_policyForHTTPS``, ``_connectTimeout``,
 ``_bindAddress``, the last two read by Scrapy's agents); ``scrapy.resolver.dnscache`` (name -> address); and
-the ``_maxsize`` and ``_bytes_received`` of Scrapy's ``_ResponseReader`` (the body protocol it delivers to);
+the ``_maxsize``, ``_bytes_received`` and ``_bodybuf`` of Scrapy's ``_ResponseReader`` (the body protocol it
+delivers to);
 ``_ScrapyAgent``'s ``_timeout_cl`` (the download timeout's ``DelayedCall``, delayed by time paused for the
 body budget) and ``_connectTimeout`` (the download timeout when the request sets none).
 ``download_request`` repeats the stock one's body because it names ``_ScrapyAgent`` directly.
@@ -272,6 +273,7 @@ class FastScrapyAgent(_ScrapyAgent):
         result = super()._cb_bodyready(txresponse, request)
         if isinstance(result, Deferred):
             result.addErrback(_too_large, readers)
+            result.addBoth(_let_go_of_body, readers)
         return result
 
     def _extend_timeout(self, seconds: float) -> None:
@@ -311,6 +313,25 @@ def _too_large(failure: Failure, readers: list[Any]) -> Failure:
     if failure.check(CancelledError) and maxsize and getattr(reader, "_bytes_received", 0) > maxsize:
         raise TooLargeError(f"body larger than download max size ({maxsize} bytes) while it was being read")
     return failure
+
+
+def _let_go_of_body(result: Any, readers: list[Any]) -> Any:
+    """The body is read, failed or timed out: empty the reader's buffer now (a finished body lives on in its
+    response; the buffer only shares it).
+
+    Otherwise the bytes live as long as the reader, which sits in reference cycles (reader -> Twisted's
+    response -> ``deliver_and_keep`` -> ``readers``; the agent and its ``BudgetedBody``) that only the cyclic
+    collector frees. A download that timed out while the body budget paused it had been alive for seconds,
+    so its reader was in the oldest generation, collected rarely: in bench/hostile_load.py such readers held
+    up to ~50 MiB each, 12 at once (600 MiB past the body budget, which had already counted them as given
+    back)."""
+    for reader in readers:
+        buffer = getattr(reader, "_bodybuf", None)
+        if buffer is not None:
+            buffer.seek(0)
+            buffer.truncate()
+    readers.clear()
+    return result
 
 
 class FastHTTP11DownloadHandler(HTTP11DownloadHandler):

@@ -66,7 +66,10 @@ DEFAULT_MAX_PIXELS = 48_000_000
 # pixel for RGB, kept as RGBX), the copy converted to RGB for modes that need one, the 8-bit luma and its
 # transpose. Measured on 64-megapixel images with Pillow 13 (VmHWM of a fresh process, each image in one
 # memory block as the crawl allocates them: middlewares/hashing.py), and again on 16-megapixel ones (within
-# 0.2 of these, except where they are higher, never lower); unlisted modes get the costliest.
+# 0.2 of these, except where they are higher, never lower); unlisted modes get the costliest. Measured before
+# pHash/dHash made their luma a row at a time from 2 megapixels on (LUMA_BY_ROWS_PIXELS), which took 2 bytes a
+# pixel off every mode but L (1 byte there): the largest RGB image now peaks at 4 (tests/test_memory.py). The
+# table is kept as it was, an upper bound, so the limits and the decode budget's units stay what they were.
 # Some formats decode into their codec's own buffer first and add to it; a progressive JPEG keeps libjpeg's
 # coefficients for the whole image while it decodes (an RGB one peaks at 10 then).
 _PEAK_BYTES_PER_PIXEL = {"L": 3, "RGB": 6, "1": 8, "P": 8, "I;16": 9, "I": 11, "F": 11, "LA": 11, "RGBA": 11,
@@ -377,7 +380,10 @@ def _hash_image(img: Image.Image, asked: frozenset[str], dihedral: bool) -> _Per
     pdq_hashable = want_pdq and min(rows_thumb, cols_thumb) >= MIN_HASHABLE_DIM
     small = tiny = block = None
     pixels = _pixels(img if img.mode in ("RGB", "L") else _rgb(img)) if pdq_hashable or img.mode == "RGB" else None
-    if want_imagehash:
+    if want_imagehash and img.width * img.height >= LUMA_BY_ROWS_PIXELS:
+        flat, bands = (pixels if img.mode == "RGB" else _pixels(img) if img.mode == "L" else _pixels(_grey(img)))
+        small, tiny = kernels.imagehash_arrays_by_rows(flat, bands, img.height, img.width)
+    elif want_imagehash:
         grey = (kernels.rgb_grey(*pixels, img.height, img.width) if img.mode == "RGB"
                 else np.asarray(img) if img.mode == "L" else np.asarray(_grey(img)))
         both_ways = kernels.needs_transposed(img.width, img.height)
@@ -399,6 +405,11 @@ def _hash_image(img: Image.Image, asked: frozenset[str], dihedral: bool) -> _Per
         pdq_all = hexes if dihedral else None
     return _Perceptual(phash=phash, dhash=dhash, pdq=pdq, pdq_quality=quality, pdq_dihedral=pdq_all)
 
+
+#: From this many pixels on, pHash's and dHash's luma is made a row at a time (``imagehash_arrays_by_rows``):
+#: no whole luma image and transposed copy (2 bytes a pixel, 92 MiB for a 48-megapixel image) at about the
+#: same speed (0.9-1.1x from 1 megapixel on); below it, the whole-image kernels are 10-15% faster.
+LUMA_BY_ROWS_PIXELS = 2_000_000
 
 _NO_ARRAY = np.zeros((0, 0), dtype=np.uint8)
 _NO_ARRAY.flags.writeable = False  # the same numba type as np.asarray of an image: one compiled variant

@@ -178,6 +178,106 @@ def imagehash_arrays(grey: np.ndarray, transposed: np.ndarray) -> tuple[np.ndarr
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _grey_row(flat: np.ndarray, bands: int, start: int, out: np.ndarray) -> None:
+    """One row of Pillow's ``convert("L")`` (``rgb_grey``'s formula) from ``flat`` at ``start``, or the row
+    itself for a 1-band image."""
+    cols = out.size
+    row = flat[start:start + cols * bands]
+    if bands == 4:
+        for c in range(cols):
+            out[c] = np.uint8((np.int32(row[4 * c]) * 19595 + np.int32(row[4 * c + 1]) * 38470
+                               + np.int32(row[4 * c + 2]) * 7471 + 0x8000) >> 16)
+    elif bands == 3:
+        for c in range(cols):
+            out[c] = np.uint8((np.int32(row[3 * c]) * 19595 + np.int32(row[3 * c + 1]) * 38470
+                               + np.int32(row[3 * c + 2]) * 7471 + 0x8000) >> 16)
+    else:
+        for c in range(cols):
+            out[c] = row[c]
+
+
+_STRIP_ROWS = 64  # rows transposed at a time for a horizontal-first pass (64 x cols bytes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _horizontal_strip(plan: tuple, strip: np.ndarray, strip_first: int, strip_rows: int) -> None:
+    """The horizontal pass of a horizontal-first resize for the rows of a strip that its vertical pass reads,
+    into the plan's 8-bit intermediate. ``strip`` is (cols x ``_STRIP_ROWS``): the luma of rows
+    ``strip_first ...`` transposed, so each tap runs down a contiguous vector of rows as in
+    ``_horizontal_first``, with the same integer sums."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    lo = max(first, strip_first)
+    hi = min(last, strip_first + strip_rows)
+    if lo >= hi:
+        return
+    n = hi - lo
+    skip = lo - strip_first
+    acc = np.empty(n, dtype=np.int32)
+    for xx in range(h_starts.size):
+        for i in range(n):
+            acc[i] = 1 << (PRECISION_BITS - 1)
+        for x in range(h_counts[xx]):
+            weight = h_weights[xx, x]
+            column = strip[h_starts[xx] + x, skip:skip + n]
+            for i in range(n):
+                acc[i] += np.int32(column[i]) * weight
+        for i in range(n):
+            mid[lo - first + i, xx] = clip8(acc[i])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _feed_row(plan: tuple, r: int, luma: np.ndarray) -> None:
+    """Feed input row ``r`` to a resize that does not need the strip: a vertical-first one takes its share
+    of every row (``_take_row``); a horizontal-first one without a horizontal pass copies the rows it reads."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    if not horizontal_first:
+        _take_row(plan, r, luma)
+    elif not need_h and first <= r < last:
+        mid[r - first, :] = luma
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_either(plan: tuple) -> np.ndarray:
+    """The resized image once every row was fed."""
+    (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
+     first, last, mid, sums) = plan
+    if not horizontal_first:
+        return _finish(plan)
+    return resample_columns(mid, first, v_starts, v_counts, v_weights) if need_v else mid.copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def imagehash_arrays_by_rows(flat: np.ndarray, bands: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``imagehash_arrays`` of the image in ``flat`` (``rows * cols`` pixels of ``bands`` bytes: 4 RGBX, 3
+    RGB, 1 grey), bit for bit, with its luma made a row at a time and transposed a strip of rows at a time:
+    no whole luma image and no whole transposed copy, 2 bytes a pixel less at the peak than ``rgb_grey`` +
+    ``transposed``. For large images, where those two copies cost memory that a decode budget must hold."""
+    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE)
+    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1])
+    strips = (phash_plan[2] and phash_plan[0]) or (dhash_plan[2] and dhash_plan[0])
+    luma = np.empty(cols, dtype=np.uint8)
+    strip = np.empty((cols if strips else 0, _STRIP_ROWS), dtype=np.uint8)
+    strip_first = 0
+    for r in range(rows):
+        _grey_row(flat, bands, r * cols * bands, luma)
+        _feed_row(phash_plan, r, luma)
+        _feed_row(dhash_plan, r, luma)
+        if strips:
+            at = r - strip_first
+            for c in range(cols):
+                strip[c, at] = luma[c]
+            if at + 1 == _STRIP_ROWS or r + 1 == rows:
+                if phash_plan[2] and phash_plan[0]:
+                    _horizontal_strip(phash_plan, strip, strip_first, at + 1)
+                if dhash_plan[2] and dhash_plan[0]:
+                    _horizontal_strip(dhash_plan, strip, strip_first, at + 1)
+                strip_first = r + 1
+    return _finish_either(phash_plan), _finish_either(dhash_plan)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _luma_row(flat: np.ndarray, bands: int, start: int, out: np.ndarray) -> None:
     """One row of PDQ's float luma: ``(299 R + 587 G + 114 B) / 1000`` in float32 (Pillow's ``convert("F")``,
     the reference's value to the last bit or one unit in it), or the grey value of a 1-band image. The row
