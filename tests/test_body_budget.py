@@ -126,6 +126,24 @@ def test_the_lead_never_waits_for_other_downloads_only_for_bodies_being_hashed()
     assert budget.held == 0
 
 
+def test_other_downloads_leave_the_lead_its_room_beside_bodies_being_hashed() -> None:
+    """A second download stops where the lead could no longer reach ``max_body`` beside everything held: the
+    lead then reads to the size limit without waiting for hashing (it did wait, and oversized bodies that must
+    be read to the limit timed out beside slow-to-hash images)."""
+    budget = BodyBudget(1000, max_body=500, downloads=3, read_size=RS)
+    done = _Download(budget, first=RS)
+    done.hold.arrived(RS)
+    done.hold.finish()  # 200 held, waiting to be hashed
+    lead, second = _Download(budget, first=RS), _Download(budget, first=RS)
+    lead.hold.arrived(RS)
+    _feed_until_paused(second)
+    assert second.paused
+    for _ in range(4):  # 200 -> 600 received, past max_body: never paused
+        assert not lead.paused
+        lead.hold.arrived(RS)
+    assert not lead.paused and budget.committed <= budget.capacity
+
+
 def test_a_body_larger_than_a_small_budget_completes_alone() -> None:
     budget = BodyBudget(500, max_body=2000, downloads=2, read_size=RS)
     assert not budget.keeps_room
