@@ -37,7 +37,7 @@ REFWATCH_HASHES = ["md5", "sha1", "sha256", "phash", "dhash", "pdq"]  # what to 
 REFWATCH_PDQ_DIHEDRAL = False  # also match the 7 rotations/flips of each image's PDQ (from the same DCT: ~free)
 # Decompression-bomb guard: larger images are decode_error, never decoded. 48 M is an 8000x6000 photo; heavier
 # modes and formats get fewer pixels, down to 11.5 M for an RGBA JPEG 2000 (crawler.hashing.digest.pixel_limit),
-# so no image needs more than ~275 MiB to decode.
+# so no image is budgeted more than ~275 MiB to decode (an upper bound: the largest RGB image peaks at 183 MiB).
 REFWATCH_MAX_PIXELS = 48_000_000
 REFWATCH_HASH_THREADS = 2  # image decoding and hashing run in this many threads, off the reactor
 REFWATCH_ALLOW_PRIVATE_NETWORKS = False  # True lifts the address guard (demo and tests on loopback)
@@ -184,12 +184,12 @@ REFWATCH_POLITENESS_RETRY_REDIS = 10.0  # after Redis fails to answer: seconds o
 REFWATCH_ALLOW_NETWORKS: list[str] = []
 
 # --- decode memory (crawler/hashing/budget.py; middlewares/hashing.py) -----------------------------------
-# Pixels decoded at once by all hashing threads together, counted as RGB pixels (6 bytes each at the peak;
+# Pixels decoded at once by all hashing threads together, counted as RGB pixels (6 bytes each, an upper bound;
 # heavier modes and formats count more: crawler.hashing.digest.decode_cost). An image that does not fit
 # waits; one larger than the budget (but within REFWATCH_MAX_PIXELS, which bounds every image's cost by the largest
 # RGB image's) is decoded alone. The default is one REFWATCH_MAX_PIXELS RGB image: ~275 MiB of decode memory
 # whatever REFWATCH_HASH_THREADS is (measured, tests/test_memory.py: eight 48-megapixel PNGs at once peaked a
-# crawl at 548 MiB; the largest image of each heavy format at once 629 MiB; at 64 M, 643 MiB and 1 GiB without).
+# crawl at 457 MiB; the largest image of each heavy format at once 585-597 MiB; at 64 M, 643 MiB and 1 GiB without).
 REFWATCH_DECODE_PIXEL_BUDGET = 48_000_000
 
 # --- body memory (crawler/download/body_budget.py; crawler/download/budgeted_body.py) ---------------------
