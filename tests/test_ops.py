@@ -63,7 +63,6 @@ def _start_prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Po
 def test_prometheus_scrapes_two_workers_through_a_run(redis_server, web, tmp_path: Path) -> None:
     snapshot = _snapshot(web, tmp_path / "snap.parquet", 48, slow_every=6)
     out = tmp_path / "out"
-    _seed(redis_server.url, snapshot, out, "ops")
     ports = [free_port(), free_port()]
     prometheus, base = _start_prometheus(tmp_path, [f"127.0.0.1:{p}" for p in ports])
     workers = [subprocess.Popen([sys.executable, "-m", "crawler.cli.main", "worker", "--redis", redis_server.url,
@@ -71,6 +70,14 @@ def test_prometheus_scrapes_two_workers_through_a_run(redis_server, web, tmp_pat
                                  "--metrics-address", "127.0.0.1"], cwd=REPO_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for port in ports]
     try:
+        # Seed once Prometheus holds both idle workers' counters at 0: a rate needs a sample from before the
+        # fetches, and a run of 48 references can end before Prometheus's first scrape of a new worker.
+        deadline = time.monotonic() + 60
+        while len(_query(base, "refwatch_fetches_total{outcome='ok'} == 0")) < 2:
+            if time.monotonic() > deadline:
+                pytest.fail("Prometheus did not scrape both idle workers in 60 s")
+            time.sleep(0.5)
+        _seed(redis_server.url, snapshot, out, "ops")
         names_seen: set[str] = set()
         manifest = out / "runs" / "ops" / "manifest.json"
         deadline = time.monotonic() + 200
@@ -98,8 +105,8 @@ def test_prometheus_scrapes_two_workers_through_a_run(redis_server, web, tmp_pat
         assert mix["not_found"] == not_found == 8 and mix["ok"] == 40 and sum(mix.values()) == 48
         per_worker = _query(base, "sum by (instance) (refwatch_fetches_total)")
         assert len(per_worker) == 2 and all(float(r["value"][1]) > 0 for r in per_worker)  # both crawled
-        # a window of many scrapes: under load, scrapes come late and a worker's counters move every 2 s
-        rate = _query(base, "max_over_time(sum(rate(refwatch_fetches_total[15s]))[2m:1s])")
+        # windows of many scrapes: under load, scrapes come late and a worker's counters move every 2 s
+        rate = _query(base, "max_over_time(sum(rate(refwatch_fetches_total[30s]))[5m:1s])")
         assert float(rate[0]["value"][1]) > 0
         planned = _query(base, 'max(max_over_time(refwatch_shards{run_id="ops",state="planned"}[2m]))')
         assert float(planned[0]["value"][1]) == 6  # exported while the run was active
