@@ -171,6 +171,7 @@ EXTENSIONS = {
 
 # --- politeness shared by every worker of a crawl, through Redis (middlewares/shared_politeness.py) -------
 REFWATCH_REDIS_URL: str | None = None  # redis://HOST:PORT/DB the workers share; None: local per-host limits only
+REFWATCH_SHARED_POLITENESS = True  # False (refwatch seed -s REFWATCH_SHARED_POLITENESS=false): local limits only
 REFWATCH_SHARED_PER_HOST: int | None = None  # in flight to a host, all workers; None: CONCURRENT_REQUESTS_PER_DOMAIN
 REFWATCH_POLITENESS_LEASE: float | None = None  # a dead worker's slots come back after it; None: DOWNLOAD_TIMEOUT+10
 REFWATCH_POLITENESS_SCOPE: str | None = None  # who shares limits: None: the run's workers; a name: all runs using it

@@ -99,6 +99,8 @@ class SharedPolitenessMiddleware:
         url = settings.get("REFWATCH_REDIS_URL")
         if not url:
             raise NotConfigured  # no Redis: one machine, its local per-host limit; nothing to warn about
+        if not settings.getbool("REFWATCH_SHARED_POLITENESS", True):
+            raise NotConfigured  # the run was seeded without it: each crawl keeps its local limits only
         per_host = settings.get("REFWATCH_SHARED_PER_HOST")
         lease = settings.get("REFWATCH_POLITENESS_LEASE")
         scope = settings.get("REFWATCH_POLITENESS_SCOPE") or settings.get("REFWATCH_RUN_ID") or "default"

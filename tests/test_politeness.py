@@ -192,6 +192,9 @@ def test_poll_delay_doubles_up_to_its_bound_with_jitter() -> None:
 def test_middleware_is_off_without_redis_and_reads_its_settings() -> None:
     with pytest.raises(NotConfigured):
         build_from_crawler(SharedPolitenessMiddleware, get_crawler(settings_dict={}))
+    with pytest.raises(NotConfigured):  # a run seeded with -s REFWATCH_SHARED_POLITENESS=false
+        build_from_crawler(SharedPolitenessMiddleware, get_crawler(settings_dict={
+            "REFWATCH_REDIS_URL": "redis://127.0.0.1:1/0", "REFWATCH_SHARED_POLITENESS": "false"}))
     settings = {"REFWATCH_REDIS_URL": "redis://127.0.0.1:1/0", "REFWATCH_RUN_ID": "r1",
                 "CONCURRENT_REQUESTS_PER_DOMAIN": 5, "DOWNLOAD_TIMEOUT": 20,
                 "REFWATCH_POLITENESS_POLL_MAX": 0.5, "REFWATCH_POLITENESS_RETRY_REDIS": 10.0,
