@@ -138,20 +138,21 @@ class _Handler(socketserver.BaseRequestHandler):
             sock.sendall(b"\x00")
             self.server.stopping.wait(0.25)
 
-    def _chunked(self, sock: socket.socket) -> None:
+    @staticmethod
+    def _send_chunks(sock: socket.socket, size: int) -> None:
+        """A chunked answer's head and ``size`` bytes of 64 KiB chunks, without the last chunk."""
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n")
         block = b"\x00" * (64 * 1024)
         frame = b"%x\r\n%s\r\n" % (len(block), block)
-        for _ in range(DEFAULT_MAX_BYTES // len(block) + 200):  # ~12 MiB past the limit, then it gives up
+        for _ in range(size // len(block)):
             sock.sendall(frame)
+
+    def _chunked(self, sock: socket.socket) -> None:
+        self._send_chunks(sock, DEFAULT_MAX_BYTES + 200 * 64 * 1024)  # ~12 MiB past the limit, then it gives up
 
     def _stall(self, sock: socket.socket) -> None:
         """A chunked body that stops after 40 MiB and keeps the connection open: the crawl times it out."""
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n")
-        block = b"\x00" * (64 * 1024)
-        frame = b"%x\r\n%s\r\n" % (len(block), block)
-        for _ in range(STALL_BYTES // len(block)):
-            sock.sendall(frame)
+        self._send_chunks(sock, STALL_BYTES)
         self.server.stopping.wait(4 * TIMEOUT + 10)
 
 
@@ -178,6 +179,7 @@ KINDS = {  # kind -> (loopback address, the outcome every one of its references 
     "bomb": ("127.0.0.16", "decode_error"),
 }
 STALLING = {"stall": ("127.0.0.17", "timeout")}  # not in "every kind at once": it holds its slots 2-4 timeouts
+SERVED = {**KINDS, **STALLING}
 STALL_BYTES = 40 * MiB
 
 
@@ -186,7 +188,7 @@ def servers(bodies: dict[str, bytes]) -> Iterator[dict[str, _Server]]:
     stopping = threading.Event()
     started: dict[str, _Server] = {}
     try:
-        for kind, (address, _) in {**KINDS, **STALLING}.items():
+        for kind, (address, _) in SERVED.items():
             started[kind] = _Server(address, kind, bodies, stopping)
             started[kind].thread.start()
         yield started
@@ -249,7 +251,7 @@ def _crawl_kinds(servers: dict[str, _Server], bodies: dict[str, bytes], tmp_path
             pq.read_table(tmp_path / "out" / "runs" / "memory" / "outcomes").to_pylist()}
     assert sorted(rows) == sorted(urls), "every reference gets exactly one row"
     outcomes = {ref: row["outcome"] for ref, row in rows.items()}
-    expected = {ref: {**KINDS, **STALLING}[ref.split("-")[0]][1] for ref in urls}
+    expected = {ref: SERVED[ref.split("-")[0]][1] for ref in urls}
     assert outcomes == expected
     png_md5 = hashlib.md5(bodies["png"]).hexdigest()
     for ref, row in rows.items():

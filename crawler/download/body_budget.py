@@ -17,11 +17,11 @@ that length.
 
 Who may read, and why nothing deadlocks. The download granted the most (the lead; ties: any) may always take
 what actually fits. Every other download takes bytes only if the budget keeps room for the lead to reach
-``max_body`` (plus one read) beside everything held (the bodies waiting to be hashed too), and only in turn: a download is not served before an older one that
-waits (first come first served, by download age, which is also the order of their timeouts). So the lead
-never waits for another download, and for bodies being hashed only when they alone leave it no room, which
-always ends: some body always makes
-progress, and the bytes held never pass the budget. This needs the budget to hold the slot reserve plus one
+``max_body`` (plus one read) beside everything held (the bodies waiting to be hashed too), and only in turn: a
+download is not served before an older one that waits (first come first served, by download age, which is
+also the order of their timeouts). So the lead never waits for another download, and for bodies being hashed
+only when they alone leave it no room, which always ends: some body always makes progress, and the bytes held
+never pass the budget. This needs the budget to hold the slot reserve plus one
 body at ``max_body`` (``keeps_room``; the defaults, 96 MiB against 4 MiB + 50 MiB, do). A smaller budget, or
 no ``max_body``, cannot keep that room: then, when no download is reading and no body waits to be hashed
 (nothing could give bytes back), the lead reads on alone past the budget (counted in ``alone``), so a body

@@ -72,17 +72,7 @@ def _horizontal_first(transposed: np.ndarray, plan: tuple) -> np.ndarray:
     (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
      first, last, mid, sums) = plan
     if need_h:
-        acc = np.empty(last - first, dtype=np.int32)
-        for xx in range(h_starts.size):
-            for r in range(last - first):
-                acc[r] = 1 << (PRECISION_BITS - 1)
-            for x in range(h_counts[xx]):
-                weight = h_weights[xx, x]
-                column = transposed[h_starts[xx] + x, first:last]
-                for r in range(last - first):
-                    acc[r] += np.int32(column[r]) * weight
-            for r in range(last - first):
-                mid[r, xx] = clip8(acc[r])
+        _horizontal_strip(plan, transposed, 0, transposed.shape[1])  # the whole transposed image: one strip
     else:
         for r in range(last - first):
             for c in range(mid.shape[1]):
@@ -108,31 +98,38 @@ def _finish(plan: tuple) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _grey_rgbx(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    n = rows * cols
-    grey = np.empty(n, dtype=np.uint8)
-    for i in range(n):
-        grey[i] = np.uint8((np.int32(flat[4 * i]) * 19595 + np.int32(flat[4 * i + 1]) * 38470
-                            + np.int32(flat[4 * i + 2]) * 7471 + 0x8000) >> 16)
-    return grey.reshape(rows, cols)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _grey_row(flat: np.ndarray, bands: int, start: int, out: np.ndarray) -> None:
+    """One row of Pillow's ``convert("L")`` (``rgb_grey``'s formula) from ``flat`` at ``start``, or the row
+    itself for a 1-band image."""
+    cols = out.size
+    row = flat[start:start + cols * bands]
+    if bands == 4:
+        for c in range(cols):
+            out[c] = np.uint8((np.int32(row[4 * c]) * 19595 + np.int32(row[4 * c + 1]) * 38470
+                               + np.int32(row[4 * c + 2]) * 7471 + 0x8000) >> 16)
+    elif bands == 3:
+        for c in range(cols):
+            out[c] = np.uint8((np.int32(row[3 * c]) * 19595 + np.int32(row[3 * c + 1]) * 38470
+                               + np.int32(row[3 * c + 2]) * 7471 + 0x8000) >> 16)
+    else:
+        for c in range(cols):
+            out[c] = row[c]
 
 
 @numba.njit(cache=True, nogil=True)
-def _grey_rgb(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    n = rows * cols
-    grey = np.empty(n, dtype=np.uint8)
-    for i in range(n):
-        grey[i] = np.uint8((np.int32(flat[3 * i]) * 19595 + np.int32(flat[3 * i + 1]) * 38470
-                            + np.int32(flat[3 * i + 2]) * 7471 + 0x8000) >> 16)
-    return grey.reshape(rows, cols)
+def _grey_image(flat: np.ndarray, bands: int, rows: int, cols: int) -> np.ndarray:
+    grey = np.empty((rows, cols), dtype=np.uint8)
+    for r in range(rows):
+        _grey_row(flat, bands, r * cols * bands, grey[r])
+    return grey
 
 
 def rgb_grey(flat: np.ndarray, bands: int, rows: int, cols: int) -> np.ndarray:
     """Pillow's ``convert("L")`` of RGB pixels, bit for bit: ``flat`` holds ``rows * cols`` pixels of
     ``bands`` bytes (3: RGB; 4: Pillow's own RGBX layout). The stride is a constant in each compiled loop,
     which lets the compiler vectorise it."""
-    grey = (_grey_rgbx if bands == 4 else _grey_rgb)(flat, rows, cols)
+    grey = _grey_image(flat, bands, rows, cols)
     grey.flags.writeable = False  # one numba type with np.asarray's read-only arrays
     return grey
 
@@ -177,34 +174,15 @@ def imagehash_arrays(grey: np.ndarray, transposed: np.ndarray) -> tuple[np.ndarr
     return phash_image, dhash_image
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _grey_row(flat: np.ndarray, bands: int, start: int, out: np.ndarray) -> None:
-    """One row of Pillow's ``convert("L")`` (``rgb_grey``'s formula) from ``flat`` at ``start``, or the row
-    itself for a 1-band image."""
-    cols = out.size
-    row = flat[start:start + cols * bands]
-    if bands == 4:
-        for c in range(cols):
-            out[c] = np.uint8((np.int32(row[4 * c]) * 19595 + np.int32(row[4 * c + 1]) * 38470
-                               + np.int32(row[4 * c + 2]) * 7471 + 0x8000) >> 16)
-    elif bands == 3:
-        for c in range(cols):
-            out[c] = np.uint8((np.int32(row[3 * c]) * 19595 + np.int32(row[3 * c + 1]) * 38470
-                               + np.int32(row[3 * c + 2]) * 7471 + 0x8000) >> 16)
-    else:
-        for c in range(cols):
-            out[c] = row[c]
-
-
 _STRIP_ROWS = 64  # rows transposed at a time for a horizontal-first pass (64 x cols bytes)
 
 
 @numba.njit(cache=True, nogil=True)
 def _horizontal_strip(plan: tuple, strip: np.ndarray, strip_first: int, strip_rows: int) -> None:
     """The horizontal pass of a horizontal-first resize for the rows of a strip that its vertical pass reads,
-    into the plan's 8-bit intermediate. ``strip`` is (cols x ``_STRIP_ROWS``): the luma of rows
-    ``strip_first ...`` transposed, so each tap runs down a contiguous vector of rows as in
-    ``_horizontal_first``, with the same integer sums."""
+    into the plan's 8-bit intermediate. ``strip`` is (cols x at least ``strip_rows``): the luma of rows
+    ``strip_first ...`` transposed, so each tap runs down a contiguous vector of rows. A strip of 64 rows
+    here (``imagehash_arrays_by_rows``), the whole transposed image in ``_horizontal_first``."""
     (need_h, need_v, horizontal_first, h_starts, h_counts, h_weights, v_starts, v_counts, v_weights,
      first, last, mid, sums) = plan
     lo = max(first, strip_first)
@@ -245,7 +223,7 @@ def _finish_either(plan: tuple) -> np.ndarray:
      first, last, mid, sums) = plan
     if not horizontal_first:
         return _finish(plan)
-    return resample_columns(mid, first, v_starts, v_counts, v_weights) if need_v else mid.copy()
+    return resample_columns(mid, first, v_starts, v_counts, v_weights) if need_v else mid
 
 
 @numba.njit(cache=True, nogil=True)
