@@ -23,9 +23,9 @@ from start to exit, CPU of the whole process tree from ``os.wait4``, peak RSS of
 - ``crawl x2``: the same with ``--processes 2``: a parent that plans the shards, one ``refwatch _shard`` child
   per shard (at most two at a time), forked from a warm zygote (crawler/workers/zygote.py), then the end-of-run
   pass in the parent;
-- ``crawl x2, exec``: the same with ``REFWATCH_SHARD_START=exec``: each shard child a new interpreter, paying a
+- ``crawl x2 exec``: the same with ``REFWATCH_SHARD_START=exec``: each shard child a new interpreter, paying a
   crawl process's start-up (the only way before the zygote);
-- ``crawl x1, 1 core``: ``crawl x1`` under ``taskset -c 0``. One process already keeps ~1.3 cores busy (its
+- ``crawl x1 on 1 core``: ``crawl x1`` under ``taskset -c 0``. One process already keeps ~1.3 cores busy (its
   hashing threads release the GIL), so issue 11's "x2 / (2 x x1)" cannot reach 1 on 2 cores even without any
   overhead; against one pinned process it can, which separates sharding's cost from that ceiling;
 - ``worker x1``: the Redis path. A fresh ``redis-server`` for the run (127.0.0.1, a free port, no persistence,
@@ -71,7 +71,7 @@ image (the whole tree), the parent's own CPU (the tree less its children's; one 
 is the whole crawl; "-" for workers), cores the tree kept busy (CPU / wall), peak RSS of the tree, nginx's CPU ms per
 image, the share of the cores other processes used and the share left idle. Scaling efficiency = (images/s with 2) /
 (2 x images/s with 1), per round (the runs of a round ran one after the other), median and range, against ``crawl
-x1`` (issue 11's figure) and against ``crawl x1, 1 core``, split into three measured factors (``efficiencies``): 1 /
+x1`` (issue 11's figure) and against ``crawl x1 on 1 core``, split into three measured factors (``efficiencies``): 1 /
 the cores x1 keeps busy (the ceiling with no overhead), x1's CPU / x2's (what sharding costs), and the share of 2 x
 wall x2 keeps busy (serial phases, the tail, other processes); and the images per CPU-second of x2's tree over x1's.
 The worker family likewise against ``worker x1``. Then, for x2, where its time went: the core-seconds split, the
@@ -371,11 +371,11 @@ def seed_args(snapshot: Path, out: Path, shard_size: int) -> list[str]:
             "--concurrency", "64", "--no-progress", "--shard-size", str(shard_size)]
 
 
-# "crawl x1, 1 core" is the per-core baseline: one process already keeps more than one core busy (its hashing
+# "crawl x1 on 1 core" is the per-core baseline: one process already keeps more than one core busy (its hashing
 # threads release the GIL), so "x2 / (2 x x1)" mixes sharding's cost with that; against one core it does not.
 VARIANTS = (Variant("crawl x1", "crawl", 1, crawl_args(1)), Variant("crawl x2", "crawl", 2, crawl_args(2)),
-            Variant("crawl x1, 1 core", "crawl", 1, crawl_args(1), cpus="0"),
-            Variant("crawl x2, exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)),
+            Variant("crawl x1 on 1 core", "crawl", 1, crawl_args(1), cpus="0"),
+            Variant("crawl x2 exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)),
             # Two machines' worth on one: two workers of one process each; and one worker of two processes.
             Variant("worker x1", "worker", 1, seed_args, workers=1),
             Variant("worker x2", "worker", 2, seed_args, workers=2),

@@ -193,3 +193,19 @@ def test_any_pixel_limit_gives_pillow_a_block_size_it_takes() -> None:
 
     hold_images_in_one_block(50_000_001)  # 4 x 50,000,001 + 4096 is no multiple of Pillow's 4096
     assert Image.core.get_block_size() >= 4 * 50_000_001 and Image.core.get_block_size() % 4096 == 0
+
+
+def test_the_crawl_stats_collector_counts_without_the_spider_argument_shim() -> None:
+    from crawler import settings as crawl_settings
+    from crawler.stats import DirectStatsCollector
+
+    crawler = get_crawler(settings_dict={"STATS_CLASS": crawl_settings.STATS_CLASS})
+    stats = crawler.stats
+    assert type(stats) is DirectStatsCollector
+    stats.inc_value("refwatch/x")
+    stats.inc_value("refwatch/x", 2)
+    stats.max_value("refwatch/peak", 5)
+    stats.max_value("refwatch/peak", 3)
+    assert stats.get_value("refwatch/x") == 3 and stats.get_value("refwatch/peak") == 5
+    # no per-call wrapper: the bound method itself, as object.__getattribute__ gives it
+    assert stats.inc_value.__func__ is DirectStatsCollector.inc_value

@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "crawler.settings": set(),
     "crawler.items": set(),
     "crawler.logformatter": set(),
+    "crawler.stats": set(),
     "crawler.download": set(),
     "middlewares": {"crawler.hashing", "crawler.coordination"},
     # the processes that crawl shards: the local --processes parent and the Redis worker
