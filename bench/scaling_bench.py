@@ -25,6 +25,8 @@ from start to exit, CPU of the whole process tree from ``os.wait4``, peak RSS of
   pass in the parent;
 - ``crawl x2 exec``: the same with ``REFWATCH_SHARD_START=exec``: each shard child a new interpreter, paying a
   crawl process's start-up (the only way before the zygote);
+- ``crawl x2 unbound``: ``crawl x2`` with ``REFWATCH_PIN_PROCESSES=off``: the children run where the scheduler
+  puts them instead of one per CPU (crawler/workers/affinity.py);
 - ``crawl x1 on 1 core``: ``crawl x1`` under ``taskset -c 0``. One process already keeps ~1.3 cores busy (its
   hashing threads release the GIL), so issue 11's "x2 / (2 x x1)" cannot reach 1 on 2 cores even without any
   overhead; against one pinned process it can, which separates sharding's cost from that ceiling;
@@ -376,6 +378,8 @@ def seed_args(snapshot: Path, out: Path, shard_size: int) -> list[str]:
 VARIANTS = (Variant("crawl x1", "crawl", 1, crawl_args(1)), Variant("crawl x2", "crawl", 2, crawl_args(2)),
             Variant("crawl x1 on 1 core", "crawl", 1, crawl_args(1), cpus="0"),
             Variant("crawl x2 exec", "crawl", 2, crawl_args(2), env=("REFWATCH_SHARD_START=exec",)),
+            # children left where the scheduler puts them, as before crawler/workers/affinity.py
+            Variant("crawl x2 unbound", "crawl", 2, crawl_args(2), env=("REFWATCH_PIN_PROCESSES=off",)),
             # Two machines' worth on one: two workers of one process each; and one worker of two processes.
             Variant("worker x1", "worker", 1, seed_args, workers=1),
             Variant("worker x2", "worker", 2, seed_args, workers=2),

@@ -8,6 +8,7 @@ line and exit code 2 before anything is fetched or written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from crawler.events.queue import open_queue
 from crawler.matching.loading import load_hashlists
 from crawler.readers import open_snapshot
 from crawler.runs.context import run_context
+
+logger = logging.getLogger(__name__)
 
 
 class InputError(Exception):
@@ -168,7 +171,10 @@ def run_shard(settings: Settings) -> str:
     """One shard of a sharded run (``REFWATCH_SHARD``, ``REFWATCH_SHARD_ATTEMPT``): crawl it and commit it.
     Returns ``committed``, ``lost`` (another attempt had committed it) or ``incomplete`` (stopped early)."""
     check_inputs(settings)
-    process = CrawlerProcess(settings)
+    process = CrawlerProcess(settings)  # sets up logging
+    if settings.getlist("REFWATCH_SHARD_CPUS"):
+        logger.info("shard %s runs on CPU %s (crawler/workers/affinity.py)", settings.getdict("REFWATCH_SHARD")
+                    .get("shard_id"), ",".join(map(str, settings.getlist("REFWATCH_SHARD_CPUS"))))
     crawler = process.create_crawler("replay")
     process.crawl(crawler)
     process.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from crawler.shards.commit import (ShardCommit, attempt_dir, commit_shard, disca
                                    read_commits, run_store)
 from crawler.shards.finish import IncompleteRunError, check_commits, merged_stats
 from crawler.shards.plan import Plan, PlanError, Shard, plan_shards, read_plan, write_plan
+from crawler.workers.affinity import PIN_ENV, allowed_cpus
 from tests.helpers import REPO_ROOT, run_refwatch
 
 
@@ -166,17 +168,26 @@ def _rows(run_dir: Path) -> pa.Table:
     return pq.read_table(run_dir / "outcomes").sort_by("ref_id")
 
 
-def _crawl(snapshot: Path, out: Path, run_id: str, *extra: str, timeout: float = 240):
+def _crawl(snapshot: Path, out: Path, run_id: str, *extra: str, timeout: float = 240,
+           env: dict[str, str] | None = None):
     return run_refwatch("crawl", str(snapshot), "--out", str(out), "--run-id", run_id, "--allow-private-networks",
-                        "--json", "--no-progress", *extra, timeout=timeout)
+                        "--json", "--no-progress", *extra, timeout=timeout, env=env)
 
 
 def test_processes_give_the_rows_one_process_gives(web, tmp_path: Path) -> None:
     snapshot = _snapshot(web, tmp_path / "snap.parquet", 60)
     one = _crawl(snapshot, tmp_path / "out", "one", "--processes", "1")
     assert one.returncode == 0, one.stderr[-2000:]
-    many = _crawl(snapshot, tmp_path / "out", "many", "--processes", "2", "--shard-size", "16")
+    many = _crawl(snapshot, tmp_path / "out", "many", "--processes", "2", "--shard-size", "16",
+                  "--log-level", "INFO", env={PIN_ENV: "on"})
     assert many.returncode == 0, many.stderr[-2000:]
+    # each child bound itself to a CPU of the parent's, the first two (running together) to different ones
+    bound = dict(re.findall(r"shard (s\d+) runs on CPU (\d+)", many.stderr))
+    cpus = allowed_cpus()
+    assert sorted(bound) == ["s00000", "s00001", "s00002", "s00003"], many.stderr[-2000:]
+    assert {int(cpu) for cpu in bound.values()} <= set(cpus[:2])
+    assert len(cpus) < 2 or bound["s00000"] != bound["s00001"]
+    assert "runs on CPU" not in one.stderr  # one process: the scheduler's
     summary_one, summary_many = json.loads(one.stdout), json.loads(many.stdout)
     assert summary_many["shards"] == 4 and "shards" not in summary_one
     assert summary_many["references"] == summary_one["references"] == 60

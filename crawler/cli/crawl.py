@@ -196,6 +196,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     from crawler.runs.history import read_manifest
     from crawler.runs.metrics import check_targets, export_run_metrics
     from crawler.shards.plan import DEFAULT_SHARD_SIZE
+    from crawler.workers.affinity import default_processes
 
     if args.only and not args.recheck:
         raise BadInput("--only goes with --recheck RUN")
@@ -205,7 +206,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    processes = args.processes or os.cpu_count() or 1
+    processes = args.processes or default_processes()
     if settings.get("REFWATCH_METRICS_PORT") not in (None, "") and args.processes is None:
         processes = 1  # /metrics is served by the crawl process itself: one process unless asked otherwise
     result = None
@@ -239,9 +240,15 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from crawler.workers.zygote import set_process_name
 
     spec = json.loads(args.spec.read_text(encoding="utf-8"))
-    set_process_name(f"refwatch {spec['shard']['shard_id']}")  # which shard, in ps and top
+    shard_id = spec["shard"]["shard_id"]
+    set_process_name(f"refwatch {shard_id}")  # which shard, in ps and top
+    bound: list[int] = []
+    if spec.get("cpus"):  # before the crawl starts its threads: they inherit the binding
+        from crawler.workers.affinity import bind_process
+
+        bound = sorted(bind_process(spec["cpus"]))
     settings = project_settings({**spec["settings"], "REFWATCH_SHARD": spec["shard"],
-                                 "REFWATCH_SHARD_ATTEMPT": spec["attempt"]})
+                                 "REFWATCH_SHARD_ATTEMPT": spec["attempt"], "REFWATCH_SHARD_CPUS": bound})
     status = run_shard(settings)
     code = {"committed": EXIT_COMMITTED, "lost": EXIT_LOST}.get(status, EXIT_INCOMPLETE)
     # The shard is committed (or not) and its parts written and uploaded: exit without Python's teardown,

@@ -105,13 +105,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
     from crawler.runner import project_settings
+    from crawler.workers.affinity import default_processes
     from crawler.workers.metrics import serve_worker_metrics
     from crawler.workers.redis_worker import ShardWorker
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s [%(name)s] %(levelname)s: %(message)s")
     queue = _queue(args.redis, lease_seconds=args.lease, max_deliveries=args.max_deliveries)
     worker = ShardWorker(queue, lambda overrides: project_settings(overrides),
-                         processes=args.processes or os.cpu_count() or 1, exit_when_idle=args.exit_when_idle,
+                         processes=args.processes or default_processes(), exit_when_idle=args.exit_when_idle,
                          child_settings={"REFWATCH_REDIS_URL": args.redis})  # shared politeness
     server = None
     if args.metrics_port is not None:

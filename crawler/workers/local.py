@@ -12,6 +12,8 @@ Children start warm: ``ShardStarter`` forks them from a zygote that imported the
 (``crawler.workers.zygote``), which saves each child the 1.4-2.0 s of CPU an interpreter spends before its
 engine starts. ``REFWATCH_SHARD_START=exec`` starts each as a new interpreter instead (``child_command``), as
 does a zygote that dies or refuses to fork (with a warning); the exit statuses are the same either way.
+When the parent owns the CPUs it may use (``--processes`` equal to their number, the default), each running
+child is bound to a CPU of its own (``crawler.workers.affinity``; ``REFWATCH_PIN_PROCESSES``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 from crawler.shards.commit import new_attempt_id
 from crawler.shards.plan import Plan, Shard
 from crawler.workers import zygote
+from crawler.workers.affinity import CpuSlots
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class _Running:
     tries: int
     process: ShardProcess
     started: float
+    cpu: int | None = None  # the CPU it is bound to (crawler/workers/affinity.py)
 
 
 def child_command(spec_path: Path) -> list[str]:
@@ -178,10 +182,14 @@ class ShardStarter:
         return ExecChild(subprocess.Popen(child_command(spec), env=self.env, stdin=subprocess.DEVNULL))
 
 
-def write_spec(folder: Path, settings: dict[str, Any], shard: Shard, attempt: str) -> Path:
-    """The child's whole input: the run's settings (as the command line gave them), its shard, its attempt."""
+def write_spec(folder: Path, settings: dict[str, Any], shard: Shard, attempt: str, cpu: int | None = None) -> Path:
+    """The child's whole input: the run's settings (as the command line gave them), its shard, its attempt,
+    and the CPU it binds itself to (``None``: it runs where the scheduler puts it)."""
     path = folder / f"{shard.shard_id}-{attempt}.json"
-    path.write_text(json.dumps({"settings": settings, "shard": shard.to_json(), "attempt": attempt}), "utf-8")
+    spec: dict[str, Any] = {"settings": settings, "shard": shard.to_json(), "attempt": attempt}
+    if cpu is not None:
+        spec["cpus"] = [cpu]
+    path.write_text(json.dumps(spec), "utf-8")
     return path
 
 
@@ -214,7 +222,9 @@ def crawl_shards(plan: Plan, settings: dict[str, Any], *, processes: int, attemp
     todo: deque[tuple[Shard, int]] = deque((s, 1) for s in (plan.shards if shards is None else shards))
     running: list[_Running] = []
     results: list[AttemptResult] = []
-    own_starter = ShardStarter({**os.environ, **(env or {})}) if starter is None else contextlib.nullcontext(starter)
+    environment = {**os.environ, **(env or {})}
+    own_starter = ShardStarter(environment) if starter is None else contextlib.nullcontext(starter)
+    cpus = CpuSlots.for_processes(processes, environment)
     with (tempfile.TemporaryDirectory(prefix="refwatch-shards-") as scratch, _stop_on_signals() as stop,
           own_starter as starter):
         while todo or running:
@@ -227,15 +237,16 @@ def crawl_shards(plan: Plan, settings: dict[str, Any], *, processes: int, attemp
                 break
             while todo and len(running) < max(1, processes):
                 shard, tries = todo.popleft()
-                attempt = new_attempt_id()
-                spec = write_spec(Path(scratch), settings, shard, attempt)
-                running.append(_Running(shard, attempt, tries, starter.start(spec), time.monotonic()))
+                attempt, cpu = new_attempt_id(), cpus.take()
+                spec = write_spec(Path(scratch), settings, shard, attempt, cpu)
+                running.append(_Running(shard, attempt, tries, starter.start(spec), time.monotonic(), cpu))
             time.sleep(POLL_SECONDS)
             for r in list(running):
                 code = r.process.poll()
                 if code is None:
                     continue
                 running.remove(r)
+                cpus.give_back(r.cpu)
                 result = AttemptResult(r.shard.shard_id, r.attempt, attempt_status(code), code,
                                        time.monotonic() - r.started, r.process.cpu_seconds)
                 results.append(result)

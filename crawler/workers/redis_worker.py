@@ -40,6 +40,7 @@ from crawler.runs.history import read_manifest
 from crawler.shards.commit import discard_attempt, new_attempt_id, read_commit, read_commits, run_store
 from crawler.shards.finish import IncompleteRunError, finish_sharded_run, missing_shards
 from crawler.shards.plan import Plan, read_plan
+from crawler.workers.affinity import CpuSlots
 from crawler.workers.local import (EXIT_COMMITTED, EXIT_LOST, STOP_GRACE_SECONDS, ShardProcess, ShardStarter,
                                    attempt_status, write_spec)
 
@@ -100,6 +101,7 @@ class _Child:
     started: float
     renewed: float
     stats_file: Path
+    cpu: int | None = None  # the CPU it is bound to (crawler/workers/affinity.py)
 
 
 @dataclass
@@ -125,6 +127,7 @@ class ShardWorker:
         self.on_counters = on_counters
         self.lease = queue.lease_seconds
         self._children: list[_Child] = []
+        self._cpus = CpuSlots.for_processes(self.processes, self.env)
         self._runs: dict[str, _RunInfo] = {}
         self._stop: list[int] = []
         self._next_finalize_check = 0.0
@@ -192,10 +195,11 @@ class ShardWorker:
         attempt = new_attempt_id()
         stats_file = self._scratch / f"{attempt}.stats.json"
         settings = {**info.spec["settings"], **self.child_settings, "REFWATCH_STATS_FILE": str(stats_file)}
-        spec = write_spec(self._scratch, settings, shard, attempt)
+        cpu = self._cpus.take()
+        spec = write_spec(self._scratch, settings, shard, attempt, cpu)
         process = self._starter.start(spec)
         now = time.monotonic()
-        self._children.append(_Child(claim, attempt, process, now, now, stats_file))
+        self._children.append(_Child(claim, attempt, process, now, now, stats_file, cpu))
         logger.info("worker %s: shard %s of run %s (delivery %d), attempt %s", self.consumer, claim.shard_id,
                     claim.run_id, claim.deliveries, attempt)
         return True
@@ -224,8 +228,7 @@ class ShardWorker:
             code = child.process.poll()
             if code is None:
                 continue
-            self._children.remove(child)
-            self._absorb(child)
+            self._forget(child)
             status = attempt_status(code)
             if code in (EXIT_COMMITTED, EXIT_LOST):
                 self._acks.append(child.claim)  # sent by the loop, again after a Redis outage if need be
@@ -236,6 +239,12 @@ class ShardWorker:
                 self.counters.attempts["failed"] += 1
                 logger.warning("worker %s: shard %s of run %s ended %s (exit %d); it will be claimed again",
                                self.consumer, child.claim.shard_id, child.claim.run_id, status, code)
+
+    def _forget(self, child: _Child) -> None:
+        """An ended child: no longer running, its CPU free again, its counters added to the worker's."""
+        self._children.remove(child)
+        self._cpus.give_back(child.cpu)
+        self._absorb(child)
 
     def _absorb(self, child: _Child) -> None:
         """An ended child's counters join the worker's totals (its work was done, committed or not)."""
@@ -283,8 +292,7 @@ class ShardWorker:
                            child.claim.shard_id, child.claim.run_id, child.attempt)
             child.process.kill()
             child.process.wait()
-            self._children.remove(child)
-            self._absorb(child)
+            self._forget(child)
             self._discard(child)
 
     def _discard(self, child: _Child) -> None:

@@ -1,0 +1,64 @@
+"""One shard child per CPU (crawler/workers/affinity.py): which CPU each running child gets, and the binding."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from crawler.workers.affinity import PIN_ENV, CpuSlots, allowed_cpus, default_processes
+from tests.helpers import REPO_ROOT
+
+
+def test_auto_binds_only_a_parent_that_owns_its_cpus() -> None:
+    cpus = allowed_cpus()
+    owner = CpuSlots.for_processes(len(cpus), {})
+    assert owner.binding and sorted(owner.take() for _ in cpus) == cpus
+    assert owner.take() is None  # every CPU has its child
+    assert default_processes() == len(cpus)
+    # fewer or more processes than CPUs (two workers on one machine, or --processes below the cores): unbound
+    for processes in (len(cpus) + 1, max(1, len(cpus) - 1) if len(cpus) > 1 else len(cpus) + 2):
+        slots = CpuSlots.for_processes(processes, {PIN_ENV: "auto"})
+        assert not slots.binding and slots.take() is None
+
+
+def test_on_reuses_cpus_round_robin_and_off_never_binds() -> None:
+    cpus = allowed_cpus()
+    slots = CpuSlots.for_processes(2 * len(cpus) + 1, {PIN_ENV: "on"})
+    taken = [slots.take() for _ in range(2 * len(cpus) + 1)]
+    assert all(cpu in cpus for cpu in taken)
+    assert max(taken.count(cpu) for cpu in cpus) == 3 and min(taken.count(cpu) for cpu in cpus) >= 2
+    assert not CpuSlots.for_processes(len(cpus), {PIN_ENV: "off"}).binding
+    assert CpuSlots.for_processes(len(cpus), {PIN_ENV: "sometimes"}).binding  # unknown: as auto, with a warning
+
+
+def test_an_ended_child_gives_its_cpu_to_the_next() -> None:
+    slots = CpuSlots([4, 7])
+    first, second = slots.take(), slots.take()
+    assert (first, second) == (4, 7) and slots.take() is None
+    slots.give_back(first)
+    assert slots.take() == 4
+    slots.give_back(None)  # a child that was never bound changes nothing
+    assert slots.take() is None
+
+
+def test_binding_reaches_threads_already_running_and_threads_started_later() -> None:
+    cpu = allowed_cpus()[-1]
+    script = f"""
+import json, os, threading
+from crawler.workers.affinity import bind_process
+ready, done = threading.Event(), threading.Event()
+before = threading.Thread(target=lambda: (ready.set(), done.wait(10)))
+before.start(); ready.wait(10)
+bound = bind_process([{cpu}])
+seen = {{}}
+after = threading.Thread(target=lambda: seen.update(after=sorted(os.sched_getaffinity(0))))
+after.start(); after.join()
+seen["before"] = sorted(os.sched_getaffinity(before.native_id))
+seen["main"] = sorted(bound)
+done.set(); before.join()
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"before": [cpu], "after": [cpu], "main": [cpu]}
