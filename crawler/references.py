@@ -1,16 +1,18 @@
 """The unit of work: one image reference read from a snapshot.
 
 Readers yield these; the spider turns each into exactly one request (or, for an invalid URL, directly into
-an outcome row). Frozen so a reference can be shared between components without copies.
+an outcome row). Immutable so a reference can be shared between components without copies. A named tuple
+rather than a frozen dataclass: readers build one per row of multi-million-row tables, and a frozen
+dataclass's ``__init__`` sets each field through ``object.__setattr__`` (1.25 us a reference, two thirds of
+reading a Parquet row; a named tuple 0.45 us).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(NamedTuple):
     """One image reference as the snapshot wrote it.
 
     ``url`` is the reference exactly as the snapshot holds it, resolved to absolute only where the snapshot
