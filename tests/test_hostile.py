@@ -118,7 +118,8 @@ def hostile() -> Iterator[HostileServer]:
         server.thread.join(timeout=10)
 
 
-def _crawl(tmp_path: Path, urls: dict[str, str], *extra: str) -> dict[str, dict]:
+def _crawl(tmp_path: Path, urls: dict[str, str], *extra: str, log: list[str] | None = None) -> dict[str, dict]:
+    """Crawl ``urls`` (ref id -> URL); the outcome rows by ref id, and the crawl's stderr appended to ``log``."""
     snapshot = tmp_path / "snap.csv"
     with snapshot.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -128,6 +129,8 @@ def _crawl(tmp_path: Path, urls: dict[str, str], *extra: str) -> dict[str, dict]
                           "--allow-private-networks", "--json", "--no-progress", "--processes", "1",
                           "--max-bytes", str(MAX_BYTES), "--retries", "0", *extra, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    if log is not None:
+        log.append(result.stderr)
     rows = pq.read_table(tmp_path / "out" / "runs" / "hostile" / "outcomes").to_pylist()
     return {row["ref_id"]: row for row in rows}
 
@@ -140,6 +143,22 @@ def test_oversized_bodies_of_unknown_length_are_too_large(hostile: HostileServer
     assert "max size" in rows["chunked"]["error"] and rows["chunked"]["md5"] is None
     summary = json.loads((tmp_path / "out" / "runs" / "hostile" / "summary.json").read_text())
     assert summary["outcomes"]["too_large"] == 3
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_oversized_bodies_are_logged_per_url_only_at_debug(hostile: HostileServer, tmp_path: Path, level: str) -> None:
+    """Each too_large reference has its row; Scrapy's WARNING naming its URL is lowered to DEBUG."""
+    log: list[str] = []
+    rows = _crawl(tmp_path, {"close": hostile.url("/close-big"), "chunked": hostile.url("/chunked-big")},
+                  "--log-level", level, log=log)
+    assert {row["outcome"] for row in rows.values()} == {"too_large"}
+    size_lines = [line for line in log[0].splitlines()
+                  if "larger than download max size" in line and "handlers.http11]" in line]
+    if level == "INFO":
+        assert size_lines == [] and "larger than download max size" not in log[0]
+        assert "/close-big" not in log[0] and "/chunked-big" not in log[0]
+    else:
+        assert len(size_lines) == 2 and all("DEBUG" in line and "WARNING" not in line for line in size_lines)
 
 
 class _LateFirstAnswer(socketserver.BaseRequestHandler):

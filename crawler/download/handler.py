@@ -69,6 +69,7 @@ from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_se
 from crawler.download.body_budget import BodyBudget
 from crawler.download.budgeted_body import BODY_RELEASE_META, BudgetedBody, budget_for, hand_over
 from crawler.download.redial import RedialRefusedEndpoint, redials_left
+from crawler.download.size_warnings import demote_size_warnings
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -341,6 +342,7 @@ class FastHTTP11DownloadHandler(HTTP11DownloadHandler):
                   "max_header_lines": crawler.settings.getint("REFWATCH_MAX_HEADER_LINES", MAX_HEADER_LINES)}
         self._pool._factory = partial(BoundedClientFactory, **limits)
         self._body_budget = budget_for(crawler)
+        demote_size_warnings()  # a too_large row per reference, not also a WARNING naming its URL
 
     async def download_request(self, request: Request) -> Response:
         spider: Any = self._crawler.spider
