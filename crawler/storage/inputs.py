@@ -16,15 +16,8 @@ ways to read an object, chosen by how its reader reads:
   is what their readers already validate, re-read and memory-map (a compiled list is mapped from the cache,
   never copied into memory), and a crawl that waits on its downloader for an hour holds no S3 connection.
 
-The cache: ``REFWATCH_INPUT_CACHE`` (setting, else the environment variable of that name, else
-``<temp dir>/refwatch-inputs``), laid out as ``<bucket>/<sha256(key)[:16]>/<etag>/<object name>`` — the
-object's own name, so ids made from file names and list names are those of a local copy (a list with a
-compiled file sits in ``<etag>+<compiled etag>/``). A download goes to a temporary name and is renamed into
-place when complete (a reader sees all of it or nothing), under a ``flock`` on ``<etag>.lock`` so that the
-processes of one machine download an object once. The cache is not pruned:
-an object that changes leaves its older copies behind, so delete old entries (or the whole folder) freely
-between runs. It holds snapshots and hash lists only, the inputs the user named: never a fetched image
-body, which is hashed in memory and dropped (the "bytes never persist" rule is about those and stays whole).
+The cache (where, its layout, one download per machine) is ``crawler.storage.input_cache``; the ranged
+file object is ``crawler.storage.ranged``.
 
 Errors are ``StoreError`` (``TransientStoreError`` for what a retry may cure, retried here a few times with
 back-off first), one line naming the URL and, where it matters, the endpoint; never a credential.
@@ -33,12 +26,8 @@ back-off first), one line naming the URL and, where it matters, the endpoint; ne
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import os
-import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,11 +39,11 @@ from typing import Any, TypeVar
 from crawler.references import SnapshotError
 from crawler.storage.base import DEFAULT_BACKOFF, Backoff, NoSuchKey, StoreError, TransientStoreError
 from crawler.storage.factory import _BUCKET
+from crawler.storage.input_cache import CACHE_SETTING, cache_entry, default_cache_dir, fill_once, is_complete
+from crawler.storage.ranged import RangedObject
 
 logger = logging.getLogger(__name__)
 
-#: The setting (and, when it is unset, the environment variable) naming the input cache folder.
-CACHE_SETTING = "REFWATCH_INPUT_CACHE"
 _CHUNK = 1 << 20
 _T = TypeVar("_T")
 
@@ -77,10 +66,6 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 def object_name(key: str) -> str:
     return key.rsplit("/", 1)[-1]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_SETTING) or Path(tempfile.gettempdir()) / "refwatch-inputs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +137,8 @@ class S3Inputs:
     def open_ranged(self, url: str) -> RangedObject:
         """The object as a seekable binary file; each read is one ranged GET of just the bytes asked for."""
         bucket, key = split_s3_url(url)
-        return RangedObject(self, url, bucket, key, self.stat(url))
+        stat = self.stat(url)
+        return RangedObject(self, url, bucket, key, stat.size, stat.etag)
 
     def read_range(self, url: str, bucket: str, key: str, etag: str, start: int, stop: int) -> bytes:
         """Bytes ``start`` to ``stop`` (exclusive) of the version ``etag`` of the object."""
@@ -206,7 +192,7 @@ class S3Inputs:
             other_url, other_stat = other
             folder = self._entry(bucket, key, f"{stat.etag}+{other_stat.etag}")
             copy = folder / object_name(key)
-            if not _complete(copy, stat.size) and _complete(plain, stat.size):
+            if not is_complete(copy, stat.size) and is_complete(plain, stat.size):
                 folder.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):  # a hard link saves a second download; else download
                     os.link(plain, copy)
@@ -217,30 +203,13 @@ class S3Inputs:
             return self._copies.setdefault((url, companion or ""), found)
 
     def _entry(self, bucket: str, key: str, version: str) -> Path:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        return self.cache_dir / bucket / digest / re.sub(r"[^A-Za-z0-9+-]", "_", version)[:200]
+        return cache_entry(self.cache_dir, bucket, key, version)
 
     def _fetch(self, url: str, bucket: str, key: str, stat: ObjectStat, target: Path) -> Path:
-        if _complete(target, stat.size):
-            logger.debug("%s: in the input cache at %s", url, target)
-            return target
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # the lock sits beside the entry's folder, so no object name can be the lock's
-            with _locked(target.parent.with_name(target.parent.name + ".lock")):
-                if _complete(target, stat.size):  # another process downloaded it while we waited
-                    return target
-                for stale in target.parent.glob(f".{target.name}.[0-9]*.tmp"):  # from a download that died
-                    stale.unlink(missing_ok=True)
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                started = time.perf_counter()
-                self._download(url, bucket, key, stat, tmp)
-                os.replace(tmp, target)
+            return fill_once(target, stat.size, lambda tmp: self._download(url, bucket, key, stat, tmp), url)
         except OSError as exc:
             raise StoreError(f"{url}: cannot write the input cache {self.cache_dir}: {exc.strerror or exc}") from None
-        logger.info("Downloaded %s (%d bytes) into the input cache in %.1f s: %s", url, stat.size,
-                    time.perf_counter() - started, target)
-        return target
 
     def _download(self, url: str, bucket: str, key: str, stat: ObjectStat, tmp: Path) -> None:
         """The whole object into ``tmp``; a transient failure resumes from the bytes already written."""
@@ -375,79 +344,6 @@ class SnapshotInputs:
             return self.inputs.local_copy(url)
         except StoreError as exc:
             raise SnapshotError(str(exc)) from None
-
-
-class RangedObject(io.RawIOBase):
-    """One version of an S3 object as a read-only, seekable file; every read is a ranged GET.
-
-    Nothing is buffered here (pyarrow reads through its own 1 MiB buffer) and no connection is held between
-    reads, so a reader may keep it open through a long crawl. A read that fails raises ``StoreError``, not
-    ``OSError``: a failed read is not damage in the file.
-    """
-
-    def __init__(self, inputs: S3Inputs, url: str, bucket: str, key: str, stat: ObjectStat) -> None:
-        super().__init__()
-        self.url = url
-        self.size = stat.size
-        self._inputs = inputs
-        self._where = (url, bucket, key, stat.etag)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        stop = self.size if size is None or size < 0 else min(self.size, self._pos + size)
-        if stop <= self._pos:
-            return b""
-        data = self._inputs.read_range(*self._where, self._pos, stop)
-        self._pos = stop
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(memoryview(buffer).cast("B")))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-
-def _complete(path: Path, size: int) -> bool:
-    """A cache entry is complete when it exists with the object's size (downloads are renamed in whole)."""
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, released on exit (or when the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: downloads may then run twice, which the atomic rename makes harmless
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 # --- the process's inputs ------------------------------------------------------------------------------
