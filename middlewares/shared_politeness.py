@@ -12,8 +12,8 @@ Its place (see ``DOWNLOADER_MIDDLEWARES``): last before the download, so its ``p
 ``process_exception`` run first on the way back and no other middleware (retry, redirect) can turn the answer
 into a new request before the slot is released; a retry or redirect then takes a slot of its own.
 
-Redis calls block, so they run in a small thread pool; a request costs two of them (take, give back) and the
-give-back does not wait for its answer. Requests that find their host full wait in a line per host, whose
+Redis calls block, so they run in a small thread pool (middlewares/politeness_redis.py); a request costs two of
+them (take, give back) and the give-back does not wait for its answer. Requests that find their host full wait in a line per host, whose
 head alone polls Redis (bounded, jittered). When no other worker waits for that host, a slot this worker
 gives back wakes its head at once (a lone worker keeps the host's slots busy); when others wait, every
 worker's head polls alike, so the slots go round instead of staying with the worker that holds them.
@@ -39,20 +39,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
 from scrapy import Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Request, Response
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
-from twisted.internet import task, threads
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.python.threadpool import ThreadPool
 
 from crawler.coordination.politeness import Attempt, SharedPoliteness, poll_delay
 from middlewares.backoff import BACKOFF_STATUSES, parse_retry_after
+from middlewares.politeness_redis import PolitenessRedis
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,8 @@ WAITS = "refwatch/politeness/waits"
 WAIT_SECONDS = "refwatch/politeness/wait_seconds"
 BACKOFFS = "refwatch/politeness/backoffs"
 UNGUARDED = "refwatch/politeness/unguarded"
-REDIS_ERRORS = "refwatch/politeness/redis_errors"
-LEASES_LOST = "refwatch/politeness/leases_lost"
 
 POLL_MIN = 0.05  # the first pause at a full host; doubles up to REFWATCH_POLITENESS_POLL_MAX
-THREADS = 4  # Redis calls in flight at once: each takes well under a millisecond on a healthy Redis
 
 
 class SharedPolitenessMiddleware:
@@ -74,24 +70,18 @@ class SharedPolitenessMiddleware:
                  poll_max: float, retry_redis: float, backoff_max: float, backoff_default: float) -> None:
         self.crawler = crawler
         self.politeness = politeness
+        self.redis = PolitenessRedis(politeness, retry_redis, self._stats)
         self.per_host = per_host
         self.lease = lease
         self.poll_max = max(POLL_MIN, poll_max)
-        self.retry_redis = retry_redis
         self.backoff_max = backoff_max
         self.backoff_default = backoff_default
         self.held: dict[str, set[str]] = {}  # host -> tokens of this worker's requests in flight
         self._lines: dict[str, deque[Deferred[int | None]]] = {}  # host -> this worker's requests waiting
         self._naps: dict[str, tuple[Deferred[None], IDelayedCall]] = {}  # host -> its line's head, asleep
         self._contended: set[str] = set()  # hosts with a line here that other workers wait for too
-        self._unreleased: deque[tuple[str, str]] = deque(maxlen=10_000)  # (host, token) Redis did not take back
         self.waiting_ttl = max(2.0, 4 * self.poll_max)  # a waiting head asks at least every poll_max
-        self._down_until = 0.0  # monotonic: Redis is not tried before this
-        self._outage = False
-        self._renewing = False
         self._renewal: task.LoopingCall | None = None
-        self._pool = ThreadPool(minthreads=1, maxthreads=THREADS, name="refwatch-politeness")
-        self._pool.start()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> SharedPolitenessMiddleware:
@@ -200,7 +190,7 @@ class SharedPolitenessMiddleware:
     async def _try(self, host: str, still_waiting: bool) -> Attempt | None:
         """One try at a slot (None: Redis down). Notes whether other workers wait for the host: then a slot
         this worker gives back is left to whoever asks first, not handed straight to its own next request."""
-        attempt: Attempt | None = await self._redis(self.politeness.try_acquire, host, self.per_host, self.lease,
+        attempt: Attempt | None = await self.redis.call(self.politeness.try_acquire, host, self.per_host, self.lease,
                                                     self.waiting_ttl, still_waiting)
         if attempt is not None and host in self._lines:  # (only lines' hosts: the set stays small)
             if attempt.others_waiting:
@@ -236,7 +226,7 @@ class SharedPolitenessMiddleware:
             seconds = min(self.backoff_max, self.backoff_default if wait is None else wait)
             if host and seconds > 0:
                 # Before the slot goes back: whoever takes it next sees the back-off already.
-                if await self._redis(self.politeness.push_backoff, host, seconds) is not None:
+                if await self.redis.call(self.politeness.push_backoff, host, seconds) is not None:
                     self._stats().inc_value(BACKOFFS)
                     logger.debug("shared back-off of %s for %.1f s after %d", host, seconds, response.status)
         self._release(request)
@@ -262,59 +252,13 @@ class SharedPolitenessMiddleware:
             if not tokens:
                 del self.held[host]
         if host in self._lines and host not in self._contended:
-            released = threads.deferToThreadPool(_reactor(), self._pool, self._release_quietly, host, token)
-            released.addCallback(lambda _: self._wake(host))
+            self.redis.release(host, token, then=lambda: self._wake(host))
         else:  # nobody to wake (or others' turn): no hop back to the reactor
-            self._pool.callInThread(self._release_quietly, host, token)
-
-    def _release_quietly(self, host: str, token: str) -> None:
-        """Runs in a pool thread. A slot Redis did not take back is given back when Redis answers again
-        (a restarted Redis still holds it from its append-only file); its lease frees it otherwise."""
-        try:
-            self.politeness.release(host, token)
-        except RedisError as exc:
-            self._unreleased.append((host, token))
-            logger.debug("shared politeness: a slot of %s not released yet (%s)", host, exc)
-
-    def _release_unreleased(self) -> None:
-        """Runs in a pool thread, once Redis answers again; stops at the first failure (the next recovery
-        goes on)."""
-        for _ in range(len(self._unreleased)):
-            try:
-                host, token = self._unreleased.popleft()
-            except IndexError:
-                return
-            try:
-                self.politeness.release(host, token)
-            except RedisError:
-                self._unreleased.append((host, token))
-                return
+            self.redis.release(host, token)
 
     def _renew(self) -> None:
         """Every third of a lease: extend the leases of every slot this worker holds, in one round trip."""
-        if self._renewing or not self.held or time.monotonic() < self._down_until:
-            return
-        self._renewing = True
-        held = {host: list(tokens) for host, tokens in self.held.items()}
-        d = threads.deferToThreadPool(_reactor(), self._pool, self.politeness.renew, held, self.lease)
-        d.addCallbacks(self._renewed, self._renew_failed)
-        d.addBoth(self._renew_done)
-
-    def _renewed(self, lost: dict[str, list[str]]) -> None:
-        count = sum(len(tokens) for tokens in lost.values())
-        if count:
-            self._stats().inc_value(LEASES_LOST, count)
-            logger.warning("shared politeness: %d slots ran out while their requests were still in flight "
-                           "(renewals late?); REFWATCH_POLITENESS_LEASE may be too short", count)
-
-    def _renew_failed(self, failure: Any) -> None:
-        if failure.check(RedisError):
-            self._redis_failed(failure.value)
-        else:
-            logger.error("shared politeness: renewing slots failed: %s", failure.getTraceback())
-
-    def _renew_done(self, _: Any) -> None:
-        self._renewing = False
+        self.redis.renew({host: list(tokens) for host, tokens in self.held.items()}, self.lease)
 
     def _count_as_active(self, request: Request) -> set[Request] | None:
         """Show a waiting request in its Scrapy downloader slot's ``active`` set, as if queued there.
@@ -335,35 +279,6 @@ class SharedPolitenessMiddleware:
         active.add(request)
         return active
 
-    # --- Redis, off the reactor -------------------------------------------------------------------------
-
-    async def _redis(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` in a pool thread; None when Redis is down (then not tried until the retry)."""
-        if time.monotonic() < self._down_until:
-            return None
-        d: Deferred[Any] = threads.deferToThreadPool(_reactor(), self._pool, function, *args)
-        try:
-            result = await maybe_deferred_to_future(d)
-        except RedisError as exc:
-            self._redis_failed(exc)
-            return None
-        if self._outage:
-            self._outage = False
-            logger.info("shared politeness: Redis answers again; per-host slots are shared across workers again")
-            self._pool.callInThread(self._release_unreleased)
-        return result
-
-    def _redis_failed(self, exc: BaseException) -> None:
-        self._stats().inc_value(REDIS_ERRORS)
-        self._down_until = time.monotonic() + self.retry_redis
-        if not self._outage:
-            self._outage = True
-            logger.warning("shared politeness: Redis failed (%s: %s); requests go out under the local "
-                           "per-host limit (CONCURRENT_REQUESTS_PER_DOMAIN) only; trying Redis again every "
-                           "%.0f s", type(exc).__name__, exc, self.retry_redis)
-        else:
-            logger.debug("shared politeness: Redis still failing (%s)", exc)
-
     def _stats(self) -> Any:
         assert self.crawler.stats is not None
         return self.crawler.stats
@@ -380,12 +295,8 @@ class SharedPolitenessMiddleware:
         released, best effort, then the threads stop."""
         if self._renewal is not None and self._renewal.running:
             self._renewal.stop()
-        for host, tokens in self.held.items():
-            for token in tokens:
-                self._pool.callInThread(self._release_quietly, host, token)
+        self.redis.close(self.held)  # lets queued releases finish
         self.held.clear()
-        self._pool.stop()  # lets queued releases finish
-        self.politeness.close()
 
 
 def _reactor() -> Any:
