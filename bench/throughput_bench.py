@@ -29,6 +29,8 @@ What it does:
   - ``refwatch all``: ``python -m crawler.cli.main crawl SNAPSHOT --out TMP --allow-private-networks --json
     --per-host 64 --concurrency 64 --no-progress`` (every hash);
   - ``refwatch no-pdq``: the same with ``-s REFWATCH_HASHES=md5,sha1,sha256,phash,dhash``;
+  - ``refwatch all on 1 core``: ``refwatch all`` under ``taskset -c 0``: one process's threads on one core
+    (as shard children run, crawler/workers/affinity.py), where they pass the GIL without waking another;
   - ``img2dataset defaults``: img2dataset 1.47.0 (its own venv in the cache dir, never a refwatch
     dependency) with ``--processes_count 1 --thread_count 64 --output_format files`` and its defaults
     otherwise (resizes and re-encodes every image to 256 px JPEG);
@@ -435,9 +437,10 @@ class RunResult:
 
 
 def run_refwatch(label: str, hashes: str | None, snapshot: Path, expected: dict[str, int], round_: int,
-                 scratch: Path, timeout: float) -> RunResult:
+                 scratch: Path, timeout: float, cpus: str | None = None) -> RunResult:
     out = scratch / "refwatch-out"
-    cmd = [sys.executable, "-m", "crawler.cli.main", "crawl", str(snapshot), "--out", str(out),
+    cmd = ["taskset", "-c", cpus] if cpus else []
+    cmd += [sys.executable, "-m", "crawler.cli.main", "crawl", str(snapshot), "--out", str(out),
            "--allow-private-networks", "--json", "--per-host", "64", "--concurrency", "64", "--no-progress"]
     if hashes is not None:
         cmd += ["-s", f"REFWATCH_HASHES={hashes}"]
@@ -629,6 +632,9 @@ def ratios(table: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     out["refwatch_nopdq_vs_img2dataset_noreencode"] = i2d / rw_nopdq if rw_nopdq and i2d else None
     out["crawl_vs_hash_loop_all"] = rw_all / loop_all if rw_all and loop_all else None
     out["crawl_vs_hash_loop_nopdq"] = rw_nopdq / loop_nopdq if rw_nopdq and loop_nopdq else None
+    rw_one = cpu("refwatch all on 1 core")
+    out["refwatch_all_1core_vs_img2dataset_noreencode"] = i2d / rw_one if rw_one and i2d else None
+    out["crawl_1core_vs_hash_loop_all"] = rw_one / loop_all if rw_one and loop_all else None
 
     def net(client: str) -> float | None:
         row = table.get(client)
@@ -677,6 +683,9 @@ def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[st
     print(f"  refwatch all    crawl CPU/image / hash loop all:        "
           f"{show(ratio['crawl_vs_hash_loop_all'])}   (target <= 1.35)")
     print(f"  refwatch no-pdq crawl CPU/image / hash loop no-pdq:     {show(ratio['crawl_vs_hash_loop_nopdq'])}")
+    print(f"  refwatch all on 1 core: images/CPU-s / img2dataset no-reencode "
+          f"{show(ratio['refwatch_all_1core_vs_img2dataset_noreencode'])}, crawl CPU/image / hash loop all "
+          f"{show(ratio['crawl_1core_vs_hash_loop_all'])}")
     print(f"  start-up CPU subtracted: refwatch all / img2dataset no-reencode "
           f"{show(ratio['net_refwatch_all_vs_img2dataset_noreencode'])}, refwatch all / hash loop all "
           f"{show(ratio['net_crawl_vs_hash_loop_all'])}")
@@ -749,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("refwatch all", lambda r, s, snap, exp: run_refwatch("refwatch all", None, snap, exp, r, s, t)),
                 ("refwatch no-pdq",
                  lambda r, s, snap, exp: run_refwatch("refwatch no-pdq", NO_PDQ, snap, exp, r, s, t)),
+                ("refwatch all on 1 core", lambda r, s, snap, exp: run_refwatch(
+                    "refwatch all on 1 core", None, snap, exp, r, s, t, cpus="0")),
             ]
             if use_i2d:
                 clients += [
