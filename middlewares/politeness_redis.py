@@ -54,7 +54,7 @@ class PolitenessRedis:
         """``function(*args)`` in a pool thread; None when Redis is down (then not tried until the retry)."""
         if self.resting:
             return None
-        d: Deferred[Any] = threads.deferToThreadPool(_reactor(), self._pool, function, *args)
+        d: Deferred[Any] = threads.deferToThreadPool(installed_reactor(), self._pool, function, *args)
         try:
             result = await maybe_deferred_to_future(d)
         except RedisError as exc:
@@ -72,7 +72,8 @@ class PolitenessRedis:
         if then is None:
             self._pool.callInThread(self._release_quietly, host, token)
         else:
-            released = threads.deferToThreadPool(_reactor(), self._pool, self._release_quietly, host, token)
+            released = threads.deferToThreadPool(installed_reactor(), self._pool, self._release_quietly, host,
+                                                 token)
             released.addCallback(lambda _: then())
 
     def renew(self, held: dict[str, list[str]], lease: float) -> None:
@@ -81,7 +82,7 @@ class PolitenessRedis:
         if self._renewing or not held or self.resting:
             return
         self._renewing = True
-        d = threads.deferToThreadPool(_reactor(), self._pool, self.politeness.renew, held, lease)
+        d = threads.deferToThreadPool(installed_reactor(), self._pool, self.politeness.renew, held, lease)
         d.addCallbacks(self._renewed, self._renew_failed)
         d.addBoth(self._renew_done)
 
@@ -145,7 +146,7 @@ class PolitenessRedis:
             logger.debug("shared politeness: Redis still failing (%s)", exc)
 
 
-def _reactor() -> Any:
+def installed_reactor() -> Any:
     """The installed reactor, looked up when used: importing this module must not install one."""
     from twisted.internet import reactor
 

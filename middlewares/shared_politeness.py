@@ -12,19 +12,19 @@ Its place (see ``DOWNLOADER_MIDDLEWARES``): last before the download, so its ``p
 ``process_exception`` run first on the way back and no other middleware (retry, redirect) can turn the answer
 into a new request before the slot is released; a retry or redirect then takes a slot of its own.
 
-Redis calls block, so they run in a small thread pool (middlewares/politeness_redis.py); a request costs two of
-them (take, give back) and the give-back does not wait for its answer. Requests that find their host full wait in a line per host, whose
-head alone polls Redis (bounded, jittered). When no other worker waits for that host, a slot this worker
-gives back wakes its head at once (a lone worker keeps the host's slots busy); when others wait, every
-worker's head polls alike, so the slots go round instead of staying with the worker that holds them.
-While waiting, a request counts as active in its Scrapy downloader slot, so DownloaderAwarePriorityQueue
-feeds other hosts first. Held slots are renewed every third of their lease, so a download (or a wait in
-Scrapy's local queue) longer than the lease keeps its slot, while a killed worker's slots come back within
-one lease. When Redis fails (down, unreachable, too slow), one WARNING says so, requests go out under the
-local limit only (counted as ``unguarded``) and Redis is tried again after ``REFWATCH_POLITENESS_RETRY_REDIS``
-seconds: a Redis outage costs politeness, never references; slots whose release failed meanwhile are given
-back once it answers. A graceful stop drains waiting requests as Scrapy drains its own queues: they still
-wait for their slot.
+Redis calls block, so they run in a small thread pool (middlewares/politeness_redis.py); a request costs two
+of them (take, give back) and the give-back does not wait for its answer. Requests that find their host full
+wait in a line per host, whose head alone polls Redis (bounded, jittered). When no other worker waits for that
+host, a slot this worker gives back wakes its head at once (a lone worker keeps the host's slots busy); when
+others wait, every worker's head polls alike, so the slots go round instead of staying with the worker that
+holds them. While waiting, a request counts as active in its Scrapy downloader slot, so
+DownloaderAwarePriorityQueue feeds other hosts first. Held slots are renewed every third of their lease, so a
+download (or a wait in Scrapy's local queue) longer than the lease keeps its slot, while a killed worker's
+slots come back within one lease. When Redis fails (down, unreachable, too slow), one WARNING says so,
+requests go out under the local limit only (counted as ``unguarded``) and Redis is tried again after
+``REFWATCH_POLITENESS_RETRY_REDIS`` seconds: a Redis outage costs politeness, never references; slots whose
+release failed meanwhile are given back once it answers. A graceful stop drains waiting requests as Scrapy
+drains its own queues: they still wait for their slot.
 
 Stats: ``refwatch/politeness/waits`` (requests that had to wait), ``.../wait_seconds`` (their total wait),
 ``.../backoffs`` (shared back-offs this worker pushed), ``.../unguarded`` (requests sent without a shared
@@ -51,7 +51,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from crawler.coordination.politeness import Attempt, SharedPoliteness, poll_delay
 from middlewares.backoff import BACKOFF_STATUSES, parse_retry_after
-from middlewares.politeness_redis import PolitenessRedis
+from middlewares.politeness_redis import PolitenessRedis, installed_reactor
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class SharedPolitenessMiddleware:
     async def _nap(self, host: str, seconds: float) -> None:
         """Sleep on the reactor; a slot this worker gives back for ``host`` ends the nap early."""
         woken: Deferred[None] = Deferred()
-        call = _reactor().callLater(seconds, woken.callback, None)
+        call = installed_reactor().callLater(seconds, woken.callback, None)
         self._naps[host] = (woken, call)
         try:
             await maybe_deferred_to_future(woken)
@@ -287,7 +287,7 @@ class SharedPolitenessMiddleware:
 
     def spider_opened(self, spider: Spider) -> None:
         self._renewal = task.LoopingCall(self._renew)
-        self._renewal.clock = _reactor()
+        self._renewal.clock = installed_reactor()
         self._renewal.start(self.lease / 3, now=False)
 
     def spider_closed(self, spider: Spider) -> None:
@@ -297,10 +297,3 @@ class SharedPolitenessMiddleware:
             self._renewal.stop()
         self.redis.close(self.held)  # lets queued releases finish
         self.held.clear()
-
-
-def _reactor() -> Any:
-    """The installed reactor, looked up when used: importing this module must not install one."""
-    from twisted.internet import reactor
-
-    return reactor
