@@ -171,7 +171,11 @@ EXTENSIONS = {
     "crawler.extensions.metrics.MetricsExtension": 500,
     "crawler.extensions.summary.SummaryExtension": 510,
     "crawler.extensions.progress.ProgressExtension": 520,
+    "crawler.extensions.gc_tuning.GcTuningExtension": 530,
 }
+# --- the garbage collector while the engine runs (crawler/extensions/gc_tuning.py) ---------------------------
+REFWATCH_GC_FREEZE = True  # gc.freeze() what exists at engine start: full collections skip start-up objects
+REFWATCH_GC_THRESHOLD = [7000, 10, 10]  # gc.set_threshold while crawling (CPython's default: 700, 10, 10); [] keeps
 
 # --- politeness shared by every worker of a crawl, through Redis (middlewares/shared_politeness.py) -------
 REFWATCH_REDIS_URL: str | None = None  # redis://HOST:PORT/DB the workers share; None: local per-host limits only

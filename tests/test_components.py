@@ -209,3 +209,31 @@ def test_the_crawl_stats_collector_counts_without_the_spider_argument_shim() -> 
     assert stats.get_value("refwatch/x") == 3 and stats.get_value("refwatch/peak") == 5
     # no per-call wrapper: the bound method itself, as object.__getattribute__ gives it
     assert stats.inc_value.__func__ is DirectStatsCollector.inc_value
+
+
+def test_gc_tuning_freezes_start_up_objects_while_the_engine_runs_and_restores_after() -> None:
+    import gc
+
+    from scrapy.exceptions import NotConfigured
+
+    from crawler import settings as crawl_settings
+    from crawler.extensions.gc_tuning import GcTuningExtension
+
+    before_threshold, before_frozen = gc.get_threshold(), gc.get_freeze_count()
+    crawler = get_crawler(settings_dict={"REFWATCH_GC_FREEZE": True,
+                                         "REFWATCH_GC_THRESHOLD": crawl_settings.REFWATCH_GC_THRESHOLD})
+    ext = build_from_crawler(GcTuningExtension, crawler)
+    survivor = [[] for _ in range(10)]  # alive at engine start: frozen with the rest
+    try:
+        ext.engine_started()
+        assert gc.get_threshold() == (7000, 10, 10)
+        assert gc.get_freeze_count() > before_frozen + len(survivor)
+    finally:
+        ext.engine_stopped()
+    assert gc.get_threshold() == before_threshold and gc.get_freeze_count() == before_frozen
+
+    with pytest.raises(NotConfigured):
+        build_from_crawler(GcTuningExtension, get_crawler(settings_dict={"REFWATCH_GC_FREEZE": False,
+                                                                         "REFWATCH_GC_THRESHOLD": []}))
+    with pytest.raises(NotConfigured, match="non-negative"):
+        build_from_crawler(GcTuningExtension, get_crawler(settings_dict={"REFWATCH_GC_THRESHOLD": [-1]}))

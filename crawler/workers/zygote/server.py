@@ -7,6 +7,7 @@ Run as ``python -m crawler.workers.zygote --warm MODULE:FUNCTION --entry MODULE:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -129,6 +130,10 @@ def serve(sock: socket.socket, warm: str, entry: str) -> int:
     if hazards:
         _send(sock, {"ready": False, "error": "; ".join(hazards)})
         return 1
+    # What the warm-up built lives as long as every child: freeze it (CPython's advice before fork), so a
+    # child's collections neither walk it nor write to its pages, which would copy them (copy-on-write).
+    gc.collect()
+    gc.freeze()
     _send(sock, {"ready": True, "pid": os.getpid(), "warm_cpu": time.process_time() - started,
                  "threads": native_threads()})
     children: dict[int, int] = {}  # pidfd -> pid
