@@ -296,3 +296,22 @@ def test_a_second_attempt_of_a_committed_shard_loses_and_leaves_nothing(web, tmp
     assert commit["attempt"] == "a-first" and commit["rows"] == 10
     assert (run_dir / "shards" / "s00000" / "a-first").is_dir()
     assert not (run_dir / "shards" / "s00000" / "a-second").exists()
+
+
+def test_a_plan_for_several_processes_ends_on_smaller_shards(tmp_path: Path) -> None:
+    from crawler.shards.plan import MIN_TAPER_ROWS
+
+    table = _parquet(tmp_path / "a.parquet", [f"http://example.test/{i}.jpg" for i in range(4000)])
+    plan = plan_shards("r1", [str(table)], shard_size=1000, split=2)
+    # two full rounds of 1,000 would leave one core idle while the other ends its last shard; instead the
+    # second round's rows come as halves, quarters and eighths, handed out in this order
+    assert [s.references for s in plan.shards] == [1000, 1000, 500, 500, 250, 250, 250, 250]
+    assert [(s.start, s.stop) for s in plan.shards][:3] == [(0, 1000), (1000, 2000), (2000, 2500)]
+    assert all(a.stop == b.start for a, b in zip(plan.shards, plan.shards[1:])) and plan.shards[-1].stop == 4000
+    assert plan_shards("r1", [str(table)], shard_size=1000, split=2) == plan  # deterministic, as re-seeding needs
+    # one process, a Redis seed (split 1), or a single round: equal shards, as before
+    assert [s.references for s in plan_shards("r1", [str(table)], shard_size=1000).shards] == [1000] * 4
+    assert [s.references for s in plan_shards("r1", [str(table)], shard_size=2000, split=2).shards] == [2000] * 2
+    # pieces are never cut below MIN_TAPER_ROWS
+    small = plan_shards("r1", [str(table)], shard_size=400, split=4).shards
+    assert min(s.references or 0 for s in small) >= MIN_TAPER_ROWS and sum(s.references or 0 for s in small) == 4000
