@@ -708,8 +708,8 @@ def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[st
               f"core-s = crawl tree {cpu:.1f} + nginx {row['nginx_cpu_seconds'][0]:.1f} + others "
               f"{row['others_cpu_seconds'][0]:.1f} + idle {row['idle_share'][0] * cores * wall:.1f}")
         print(f"  crawl CPU {cpu:.1f} vs x1 {one['tree_cpu_seconds'][0]:.1f}: parent {row['parent_cpu_seconds'][0]:.2f}"
-              f", {row['shards']} child start-ups ~{(row['shards'] or 0) * startup.get('cpu', math.nan):.1f} "
-              f"(x1 pays one: {startup.get('cpu', math.nan):.1f})")
+              f", {row['shards']} shard children (forked warm from a zygote, or exec'd: each pays up to a "
+              f"start-up, {startup.get('cpu', math.nan):.1f} CPU s, which x1 pays once)")
         print(f"  parent: start-up to the first child {row['parent_startup_seconds'][0]:.2f} "
               f"({row['parent_startup_cpu'][0]:.2f} CPU); children {row['children_phase_seconds'][0]:.1f} "
               f"({row['children_phase_parent_cpu'][0]:.2f} CPU in the parent); "
@@ -785,8 +785,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             snapshot = tmp / "snapshot.parquet"
             expected = write_snapshot(snapshot, files, port, dead_port, args.dead_share)
             shard_size = args.shard_size or math.ceil(expected["references"] / DEFAULT_SHARDS)
-            shards = math.ceil(expected["references"] / shard_size)
-            print(f"URL list: {expected}; shard size {shard_size} rows -> {shards} shards", flush=True)
+            from crawler.shards.plan import plan_shards
+
+            shards = len(plan_shards("bench", [str(snapshot)], shard_size, 2).shards)
+            print(f"URL list: {expected}; shard size {shard_size} rows -> {shards} shards with --processes 2 "
+                  f"(the last ones smaller)", flush=True)
             ctx = Context(snapshot, expected, shard_size, nginx_pid, args.timeout, args.profile, args.wait_quiet)
 
             one = tmp / "one-image.parquet"

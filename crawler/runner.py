@@ -265,10 +265,13 @@ def prepare_sharded_run(settings: Settings, overrides: Mapping[str, Any], run: A
 
 
 def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int,
-                shard_size: int) -> CrawlResult | None:
+                shard_size: int, starter: Any = None) -> CrawlResult | None:
     """Cut the run into shards and crawl them with ``processes`` child processes (``crawler.workers.local``),
     then end the run over the committed shards. ``None`` when the run is a single shard: the caller crawls it
-    in this process (``run_crawl``), as a child would, without a child's start-up."""
+    in this process (``run_crawl``), as a child would, without a child's start-up. ``starter``: a
+    ``ShardStarter`` the caller entered already (and leaves), its zygote warming up since."""
+    import contextlib
+
     from crawler.shards.commit import read_commits, run_store
     from crawler.shards.finish import finish_sharded_run, missing_shards
     from crawler.workers.local import ShardStarter, crawl_shards
@@ -278,7 +281,11 @@ def run_sharded(settings: Settings, overrides: Mapping[str, Any], processes: int
         return None
     # The children's zygote imports the crawl stack (~2 s of CPU, on another core) while this process checks
     # the inputs (hash lists can take seconds) and writes the manifest and plan; it ends before the final pass.
-    with ShardStarter(dict(os.environ)) as starter:
+    with contextlib.ExitStack() as stack:
+        if starter is None:
+            starter = stack.enter_context(ShardStarter(dict(os.environ)))
+        else:
+            stack.callback(starter.close)  # the caller's: ended here all the same, before the final pass
         sharded = prepare_sharded_run(settings, overrides, run, plan, snapshots, keep_commits=False)
         # One machine, no Redis: the per-host limit is split between the processes, so a host sees at most
         # --per-host requests at once from all of them (at least one each: with --per-host below --processes,

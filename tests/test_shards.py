@@ -150,6 +150,26 @@ def test_the_end_of_run_checks_what_was_committed() -> None:
 # --- refwatch crawl --processes ------------------------------------------------------------------------
 
 
+def test_crawl_starts_the_zygote_before_scrapy_only_when_the_plan_will_have_shards(tmp_path: Path) -> None:
+    from crawler.cli.crawl import will_shard
+    from crawler.cli.main import build_parser
+
+    table = str(_parquet(tmp_path / "a.parquet", [f"http://example.test/{i}.jpg" for i in range(100)]))
+
+    def shards(*argv: str) -> bool:
+        return will_shard(build_parser().parse_args(["crawl", *argv]))
+
+    assert shards(table, "--processes", "2", "--shard-size", "40")
+    assert not shards(table, "--processes", "2", "--shard-size", "100")  # one shard: crawled in the process
+    assert not shards(table, "--processes", "1", "--shard-size", "40")
+    assert not shards(table, "--processes", "2", "--shard-size", "40", "--recheck", "r1")  # planned as usual
+    assert not shards("s3://bucket/a.parquet", "--processes", "2", "--shard-size", "40")  # needs the S3 settings
+    assert not shards(str(tmp_path / "missing.parquet"), "--processes", "2")  # the run reports it, as before
+    assert not shards(table, "--shard-size", "40", "--metrics-port", "9000")  # /metrics: one process
+    assert shards(table, "--shard-size", "40", "--metrics-port", "9000", "--processes", "2")
+
+
+
 def _snapshot(web, path: Path, n: int) -> Path:
     """n references: images, 404s and a refused port, so every shard has a mix of outcomes."""
     urls = []

@@ -153,6 +153,10 @@ class ShardStarter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the zygote (children still running are its to wait for); later starts exec. Idempotent."""
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
