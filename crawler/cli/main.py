@@ -56,22 +56,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in CREDENTIAL_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
-    # imported here: building the parser must stay cheap, these load pyarrow, Scrapy and the stores
+    try:
+        return HANDLERS[args.command](args)
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if isinstance(exc, bad_input_errors()):
+            print(f"refwatch: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input (one line, exit 2). Imported only when something failed: their
+    modules load pyarrow, Scrapy and the stores, which a command should not wait for before it starts (``crawl
+    --processes`` starts its shard zygote first)."""
     from crawler.events.queue import QueueError
     from crawler.matching.hashlist import HashListError
     from crawler.references import SnapshotError
     from crawler.runner import InputError
     from crawler.storage.base import StoreError
 
-    try:
-        return HANDLERS[args.command](args)
-    except (InputError, SnapshotError, HashListError, QueueError, StoreError, BadInput) as exc:
-        print(f"refwatch: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        return EXIT_OK
-    except KeyboardInterrupt:
-        return 130
+    return InputError, SnapshotError, HashListError, QueueError, StoreError, BadInput
 
 
 if __name__ == "__main__":
