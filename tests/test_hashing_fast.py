@@ -183,3 +183,14 @@ def test_dihedral_comes_from_the_same_pass(corpus: list[bytes]) -> None:
     assert digest.pdq_dihedral[0] == digest.pdq
     assert list(digest.pdq_dihedral) == pdq_dihedral_hashes(corpus[1])
     assert hash_bytes(corpus[1]).pdq_dihedral is None
+
+
+def test_lanczos_coefficients_are_remembered_by_size_and_equal_to_computed_ones() -> None:
+    from crawler.hashing import lanczos
+
+    for in_size, out_size in ((640, 32), (481, 9), (lanczos.CACHED_AXIS_MAX + 1, 8)):
+        first, again = lanczos.coefficients(in_size, out_size), lanczos.coefficients(in_size, out_size)
+        fresh = lanczos.lanczos_coefficients(in_size, out_size)
+        assert all(np.array_equal(a, b) for a, b in zip(first, fresh))
+        # remembered up to CACHED_AXIS_MAX (the same arrays back), computed anew beyond it
+        assert (first[2] is again[2]) == (in_size <= lanczos.CACHED_AXIS_MAX)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from crawler.hashing.lanczos import PRECISION_BITS, clip8, lanczos_coefficients, resample_columns, resample_row
+from crawler.hashing.lanczos import PRECISION_BITS, clip8, coefficients, resample_columns, resample_row
 from crawler.hashing.pdq import axis_weights
 
 PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
@@ -25,15 +25,15 @@ DHASH_SIZE = (9, 8)  # imagehash.dhash: (hash_size + 1) wide, hash_size high
 
 
 @numba.njit(cache=True, nogil=True)
-def _resample_plan(in_cols: int, in_rows: int, out_cols: int, out_rows: int) -> tuple:
+def _resample_plan(in_cols: int, in_rows: int, out_cols: int, out_rows: int, h: tuple, v: tuple) -> tuple:
     """What Pillow 13's ``ImagingResampleInner`` does for a LANCZOS resize of an 8-bit image: which passes
     run and in which order (the vertical pass first when the height shrinks by more than twice as many
     pixels as the width), their coefficients, and the input rows the first pass reads."""
     need_h = out_cols != in_cols
     need_v = out_rows != in_rows
     horizontal_first = not ((in_rows - out_rows) > 0 and (in_rows - out_rows) > (in_cols - out_cols) * 2)
-    h_starts, h_counts, h_weights = lanczos_coefficients(in_cols, out_cols)
-    v_starts, v_counts, v_weights = lanczos_coefficients(in_rows, out_rows)
+    h_starts, h_counts, h_weights = h  # lanczos.coefficients(in_cols, out_cols)
+    v_starts, v_counts, v_weights = v  # lanczos.coefficients(in_rows, out_rows)
     first = v_starts[0]
     last = v_starts[out_rows - 1] + v_counts[out_rows - 1]
     if horizontal_first:
@@ -153,14 +153,25 @@ def transposed(grey: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+def imagehash_coefficients(cols: int, rows: int) -> tuple:
+    """The LANCZOS coefficients of pHash's and dHash's resizes of a (rows, cols) image, remembered by size."""
+    return (coefficients(cols, PHASH_SIDE), coefficients(rows, PHASH_SIDE), coefficients(cols, DHASH_SIZE[0]),
+            coefficients(rows, DHASH_SIZE[1]))
+
+
 def imagehash_arrays(grey: np.ndarray, transposed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 32x32 pHash image and the 8x9 dHash image of (rows, cols) uint8 luma (Pillow's ``convert("L")``),
     exactly as Pillow's LANCZOS resize makes them; ``transposed`` is the same luma transposed when
     ``needs_transposed`` says a resize runs horizontal-first (else unused)."""
     rows, cols = grey.shape
-    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE)
-    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1])
+    return _imagehash_arrays(grey, transposed, imagehash_coefficients(cols, rows))
+
+
+@numba.njit(cache=True, nogil=True)
+def _imagehash_arrays(grey: np.ndarray, transposed: np.ndarray, coeffs: tuple) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = grey.shape
+    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE, coeffs[0], coeffs[1])
+    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1], coeffs[2], coeffs[3])
     stream_phash = not phash_plan[2]
     stream_dhash = not dhash_plan[2]
     if stream_phash or stream_dhash:
@@ -226,14 +237,19 @@ def _finish_either(plan: tuple) -> np.ndarray:
     return resample_columns(mid, first, v_starts, v_counts, v_weights) if need_v else mid
 
 
-@numba.njit(cache=True, nogil=True)
 def imagehash_arrays_by_rows(flat: np.ndarray, bands: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """``imagehash_arrays`` of the image in ``flat`` (``rows * cols`` pixels of ``bands`` bytes: 4 RGBX, 3
     RGB, 1 grey), bit for bit, with its luma made a row at a time and transposed a strip of rows at a time:
     no whole luma image and no whole transposed copy, 2 bytes a pixel less at the peak than ``rgb_grey`` +
     ``transposed``. For large images, where those two copies cost memory that a decode budget must hold."""
-    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE)
-    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1])
+    return _imagehash_arrays_by_rows(flat, bands, rows, cols, imagehash_coefficients(cols, rows))
+
+
+@numba.njit(cache=True, nogil=True)
+def _imagehash_arrays_by_rows(flat: np.ndarray, bands: int, rows: int, cols: int,
+                              coeffs: tuple) -> tuple[np.ndarray, np.ndarray]:
+    phash_plan = _resample_plan(cols, rows, PHASH_SIDE, PHASH_SIDE, coeffs[0], coeffs[1])
+    dhash_plan = _resample_plan(cols, rows, DHASH_SIZE[0], DHASH_SIZE[1], coeffs[2], coeffs[3])
     strips = (phash_plan[2] and phash_plan[0]) or (dhash_plan[2] and dhash_plan[0])
     luma = np.empty(cols, dtype=np.uint8)
     strip = np.empty((cols if strips else 0, _STRIP_ROWS), dtype=np.uint8)
