@@ -155,7 +155,10 @@ def run_crawl(settings: Settings) -> CrawlResult:
     settings.set("REFWATCH_RUN_ID", run.run_id, priority="cmdline")
     settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
     run.summary_path.unlink(missing_ok=True)  # a redo's summary must be this attempt's, not the last one's
-    process = CrawlerProcess(settings)
+    process = CrawlerProcess(settings)  # sets up logging
+    if settings.getlist("REFWATCH_BOUND_CPUS"):
+        logger.info("this crawl runs on CPU %s (crawler/workers/affinity.py)",
+                    ",".join(map(str, settings.getlist("REFWATCH_BOUND_CPUS"))))
     crawler = process.create_crawler("replay")
     process.crawl(crawler)
     process.start()
@@ -172,9 +175,9 @@ def run_shard(settings: Settings) -> str:
     Returns ``committed``, ``lost`` (another attempt had committed it) or ``incomplete`` (stopped early)."""
     check_inputs(settings)
     process = CrawlerProcess(settings)  # sets up logging
-    if settings.getlist("REFWATCH_SHARD_CPUS"):
+    if settings.getlist("REFWATCH_BOUND_CPUS"):
         logger.info("shard %s runs on CPU %s (crawler/workers/affinity.py)", settings.getdict("REFWATCH_SHARD")
-                    .get("shard_id"), ",".join(map(str, settings.getlist("REFWATCH_SHARD_CPUS"))))
+                    .get("shard_id"), ",".join(map(str, settings.getlist("REFWATCH_BOUND_CPUS"))))
     crawler = process.create_crawler("replay")
     process.crawl(crawler)
     process.start()

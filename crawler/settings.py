@@ -50,7 +50,7 @@ REFWATCH_FINAL_PART_ROWS = 500_000  # when the run ends, its small parts are rew
 # to the attempt's folder and it commits the shard instead of finishing the run (the parent does that).
 REFWATCH_SHARD: dict[str, object] = {}
 REFWATCH_SHARD_ATTEMPT = ""
-REFWATCH_SHARD_CPUS: list[int] = []  # the CPUs a shard child bound itself to (crawler/workers/affinity.py)
+REFWATCH_BOUND_CPUS: list[int] = []  # the CPUs this crawl process bound itself to (crawler/workers/affinity.py)
 REFWATCH_SHARD_ATTEMPTS = 3  # a shard whose child crawl fails is tried this many times before the run fails
 REFWATCH_STATS_FILE: str | None = None  # a shard crawl writes its counters here for its worker's /metrics
 REFWATCH_INPUT_CACHE: str | None = None  # s3:// snapshots and lists are cached here (default <tmp>/refwatch-inputs)

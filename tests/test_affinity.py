@@ -62,3 +62,9 @@ print(json.dumps(seen))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"before": [cpu], "after": [cpu], "main": [cpu]}
+
+
+def test_current_cpu_is_one_this_process_may_run_on() -> None:
+    from crawler.workers.affinity import current_cpu
+
+    assert current_cpu() in allowed_cpus()

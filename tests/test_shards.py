@@ -194,6 +194,17 @@ def _crawl(snapshot: Path, out: Path, run_id: str, *extra: str, timeout: float =
                         "--json", "--no-progress", *extra, timeout=timeout, env=env)
 
 
+def test_a_run_of_one_shard_binds_its_crawl_to_one_cpu_when_the_command_owns_its_cpus(web, tmp_path: Path) -> None:
+    snapshot = _snapshot(web, tmp_path / "snap.parquet", 10)
+    bound = _crawl(snapshot, tmp_path / "out", "bound", "--log-level", "INFO", env={PIN_ENV: "on"})
+    assert bound.returncode == 0, bound.stderr[-2000:]
+    cpus = re.findall(r"this crawl runs on CPU (\d+)", bound.stderr)
+    assert len(cpus) == 1 and int(cpus[0]) in allowed_cpus(), bound.stderr[-2000:]
+    assert json.loads(bound.stdout)["outcomes"]["ok"] == 8
+    free = _crawl(snapshot, tmp_path / "out", "free", "--log-level", "INFO", env={PIN_ENV: "off"})
+    assert free.returncode == 0 and "runs on CPU" not in free.stderr, free.stderr[-2000:]
+
+
 def test_processes_give_the_rows_one_process_gives(web, tmp_path: Path) -> None:
     snapshot = _snapshot(web, tmp_path / "snap.parquet", 60)
     one = _crawl(snapshot, tmp_path / "out", "one", "--processes", "1")

@@ -251,6 +251,9 @@ def _crawl(args: argparse.Namespace, early_starter: Any) -> int:
             print(f"refwatch: {exc}", file=sys.stderr)
             return EXIT_FAILED
     if result is None:
+        from crawler.workers.affinity import bind_lone_crawl
+
+        settings.set("REFWATCH_BOUND_CPUS", bind_lone_crawl(processes), priority="cmdline")
         result = run_crawl(settings)
     if args.json:
         print(json.dumps(result.summary, indent=2))
@@ -282,7 +285,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
         bound = sorted(bind_process(spec["cpus"]))
     settings = project_settings({**spec["settings"], "REFWATCH_SHARD": spec["shard"],
-                                 "REFWATCH_SHARD_ATTEMPT": spec["attempt"], "REFWATCH_SHARD_CPUS": bound})
+                                 "REFWATCH_SHARD_ATTEMPT": spec["attempt"], "REFWATCH_BOUND_CPUS": bound})
     status = run_shard(settings)
     code = {"committed": EXIT_COMMITTED, "lost": EXIT_LOST}.get(status, EXIT_INCOMPLETE)
     # The shard is committed (or not) and its parts written and uploaded: exit without Python's teardown,

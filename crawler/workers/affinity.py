@@ -7,7 +7,10 @@ process bound to one core crawled as fast as an unbound one (103-120 images/s ag
 of CPU per image instead of 9.2-12.8; with ``--processes 2``, a bound shard child spent 3.1 s of CPU (2.8-4.2)
 where an unbound one spent 3.9 (2.9-4.6), and the run did 157 images/s (150-183) against 144 (139-160). So when
 a parent owns the CPUs it may use (``--processes`` equal to their number, the default), each running child is
-bound to a CPU of its own: the threads of one crawl share a core, and the crawls do not crowd each other.
+bound to a CPU of its own: the threads of one crawl share a core, and the crawls do not crowd each other. A
+run of one shard, which the command crawls in its own process, is bound on the same terms to the CPU the
+scheduler put it on (``bind_lone_crawl``): 7.54-8.55 against 9.12-10.72 ms of CPU per image, 22.7-25.7 against
+20.9-24.5 s of wall, on 3,000 images (2026-12-07 18:40 UTC, 3 interleaved rounds).
 
 ``REFWATCH_PIN_PROCESSES`` (environment of the parent): ``auto`` (the default: bind when ``--processes``
 equals the number of CPUs this process may run on, so two workers sharing a machine, or ``--processes``
@@ -73,6 +76,31 @@ class CpuSlots:
         if cpu is not None and self._free is not None:
             self._free.append(cpu)
             self._free.sort()
+
+
+def current_cpu() -> int | None:
+    """The CPU this process last ran on (``/proc/self/stat``, field 39), or ``None`` where that is unknown."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bind_lone_crawl(processes: int, env: Mapping[str, str] | None = None) -> list[int]:
+    """Bind a crawl that the command runs in its own process (a run of one shard) to one CPU, on the terms
+    shard children are bound on: when the command owns its CPUs (``--processes`` equal to their number, the
+    default) or ``REFWATCH_PIN_PROCESSES=on``. The CPU is the one the scheduler has put this process on, most
+    likely an idle one. Returns the CPUs bound to (``[]``: left to the scheduler).
+
+    One process alone crawled as fast bound to one core as unbound (-15% to +28% images per second over six
+    comparisons on 2026-12-07) on 17-39% less CPU per image (docs/performance.md)."""
+    if not CpuSlots.for_processes(processes, env).binding:
+        return []
+    cpus = allowed_cpus()
+    here = current_cpu()
+    cpu = here if here in cpus else cpus[0]
+    return sorted(bind_process([cpu]))
 
 
 def bind_process(cpus: Iterable[int]) -> set[int]:
