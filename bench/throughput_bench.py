@@ -27,10 +27,12 @@ What it does:
   every round, the order rotated from round to round, so a noisy neighbour hurts all of them alike:
 
   - ``refwatch all``: ``python -m crawler.cli.main crawl SNAPSHOT --out TMP --allow-private-networks --json
-    --per-host 64 --concurrency 64 --no-progress`` (every hash);
+    --per-host 64 --concurrency 64 --no-progress`` (every hash; a run of one shard, which the command binds
+    to the CPU it started on since session 8, as ``REFWATCH_PIN_PROCESSES=auto`` does on this machine);
   - ``refwatch no-pdq``: the same with ``-s REFWATCH_HASHES=md5,sha1,sha256,phash,dhash``;
   - ``refwatch all on 1 core``: ``refwatch all`` under ``taskset -c 0``: one process's threads on one core
     (as shard children run, crawler/workers/affinity.py), where they pass the GIL without waking another;
+    since the default binds too, this is now a check that it does;
   - ``img2dataset defaults``: img2dataset 1.47.0 (its own venv in the cache dir, never a refwatch
     dependency) with ``--processes_count 1 --thread_count 64 --output_format files`` and its defaults
     otherwise (resizes and re-encodes every image to 256 px JPEG);
