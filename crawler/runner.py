@@ -156,9 +156,7 @@ def run_crawl(settings: Settings) -> CrawlResult:
     settings.set("REFWATCH_QUEUE", run.queue_url, priority="cmdline")
     run.summary_path.unlink(missing_ok=True)  # a redo's summary must be this attempt's, not the last one's
     process = CrawlerProcess(settings)  # sets up logging
-    if settings.getlist("REFWATCH_BOUND_CPUS"):
-        logger.info("this crawl runs on CPU %s (crawler/workers/affinity.py)",
-                    ",".join(map(str, settings.getlist("REFWATCH_BOUND_CPUS"))))
+    _log_binding(settings, "this crawl")
     crawler = process.create_crawler("replay")
     process.crawl(crawler)
     process.start()
@@ -170,14 +168,18 @@ def run_crawl(settings: Settings) -> CrawlResult:
                        run_location=run.run_location)
 
 
+def _log_binding(settings: Settings, who: str) -> None:
+    cpus = settings.getlist("REFWATCH_BOUND_CPUS")
+    if cpus:
+        logger.info("%s runs on CPU %s (crawler/workers/affinity.py)", who, ",".join(map(str, cpus)))
+
+
 def run_shard(settings: Settings) -> str:
     """One shard of a sharded run (``REFWATCH_SHARD``, ``REFWATCH_SHARD_ATTEMPT``): crawl it and commit it.
     Returns ``committed``, ``lost`` (another attempt had committed it) or ``incomplete`` (stopped early)."""
     check_inputs(settings)
     process = CrawlerProcess(settings)  # sets up logging
-    if settings.getlist("REFWATCH_BOUND_CPUS"):
-        logger.info("shard %s runs on CPU %s (crawler/workers/affinity.py)", settings.getdict("REFWATCH_SHARD")
-                    .get("shard_id"), ",".join(map(str, settings.getlist("REFWATCH_BOUND_CPUS"))))
+    _log_binding(settings, f"shard {settings.getdict('REFWATCH_SHARD').get('shard_id')}")
     crawler = process.create_crawler("replay")
     process.crawl(crawler)
     process.start()

@@ -206,11 +206,9 @@ def will_shard(args: argparse.Namespace) -> bool:
     """Whether ``refwatch crawl`` will cut this run into several shards, told from the options and the
     snapshots' footers alone, before Scrapy is imported (``False`` when unsure: the run then plans as usual)."""
     from crawler.shards.plan import DEFAULT_SHARD_SIZE, plan_shards
-    from crawler.workers.affinity import default_processes
 
-    processes = args.processes or default_processes()
-    if (processes < 2 or args.recheck or (args.metrics_port is not None and args.processes is None)
-            or not args.snapshots or any("://" in str(path) for path in args.snapshots)):
+    processes = crawl_processes(args, args.metrics_port)
+    if processes < 2 or args.recheck or not args.snapshots or any("://" in str(p) for p in args.snapshots):
         return False
     try:
         plan = plan_shards("probe", [str(path) for path in args.snapshots], args.shard_size or DEFAULT_SHARD_SIZE,
@@ -218,6 +216,16 @@ def will_shard(args: argparse.Namespace) -> bool:
     except Exception:  # noqa: BLE001 - bad input is reported by the run's own checks, with their message
         return False
     return len(plan.shards) >= 2
+
+
+def crawl_processes(args: argparse.Namespace, metrics_port: Any) -> int:
+    """``--processes``, else one per CPU; one when the crawl serves ``/metrics`` and ``--processes`` was not
+    given (they are that process's)."""
+    from crawler.workers.affinity import default_processes
+
+    if args.processes:
+        return args.processes
+    return 1 if metrics_port not in (None, "") else default_processes()
 
 
 def early_shard_starter(args: argparse.Namespace) -> Any:
@@ -231,7 +239,6 @@ def _crawl(args: argparse.Namespace, early_starter: Any) -> int:
     from crawler.runs.history import read_manifest
     from crawler.runs.metrics import check_targets, export_run_metrics
     from crawler.shards.plan import DEFAULT_SHARD_SIZE
-    from crawler.workers.affinity import default_processes
 
     overrides = crawl_settings(args)
     settings = project_settings(overrides)
@@ -239,9 +246,7 @@ def _crawl(args: argparse.Namespace, early_starter: Any) -> int:
         check_targets(settings.get("REFWATCH_METRICS_TEXTFILE"), settings.get("REFWATCH_PUSHGATEWAY"))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    processes = args.processes or default_processes()
-    if settings.get("REFWATCH_METRICS_PORT") not in (None, "") and args.processes is None:
-        processes = 1  # /metrics is served by the crawl process itself: one process unless asked otherwise
+    processes = crawl_processes(args, settings.get("REFWATCH_METRICS_PORT"))
     result = None
     if processes > 1:
         try:

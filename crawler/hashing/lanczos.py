@@ -20,10 +20,9 @@ compares with Pillow on many sizes).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Final
-
-import functools
 
 import numba
 import numpy as np

@@ -102,9 +102,9 @@ def plan_shards(run_id: str, paths: Sequence[str], shard_size: int = DEFAULT_SHA
         total = snapshot.total
         ranges = equal_ranges(total, shard_size, split) if snapshot.splittable and total is not None else None
         cuts.append((str(path), ranges))
-    last_path, last_ranges = cuts[-1] if cuts else ("", None)
-    if split > 1 and last_ranges is not None and sum(len(r or [None]) for _, r in cuts) >= 2 * split:
-        cuts[-1] = (last_path, tapered_ranges(last_ranges, split))
+    planned = sum(1 if ranges is None else len(ranges) for _, ranges in cuts)
+    if split > 1 and planned >= 2 * split and cuts[-1][1] is not None:  # at least two rounds: taper the last
+        cuts[-1] = (cuts[-1][0], tapered_ranges(cuts[-1][1], split))
     shards: list[Shard] = []
     for path, ranges in cuts:
         if ranges is None:
