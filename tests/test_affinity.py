@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-from crawler.workers.affinity import PIN_ENV, CpuSlots, allowed_cpus, default_processes
+from crawler.workers.affinity import BATCH_ENV, PIN_ENV, CpuSlots, allowed_cpus, default_processes
 from tests.helpers import REPO_ROOT
 
 
@@ -42,26 +43,45 @@ def test_an_ended_child_gives_its_cpu_to_the_next() -> None:
     assert slots.take() is None
 
 
-def test_binding_reaches_threads_already_running_and_threads_started_later() -> None:
-    cpu = allowed_cpus()[-1]
-    script = f"""
+_BIND_SCRIPT = """
 import json, os, threading
 from crawler.workers.affinity import bind_process
 ready, done = threading.Event(), threading.Event()
 before = threading.Thread(target=lambda: (ready.set(), done.wait(10)))
 before.start(); ready.wait(10)
-bound = bind_process([{cpu}])
-seen = {{}}
-after = threading.Thread(target=lambda: seen.update(after=sorted(os.sched_getaffinity(0))))
+bound = bind_process([CPU])
+seen = {}
+after = threading.Thread(target=lambda: seen.update(after=sorted(os.sched_getaffinity(0)),
+                                                     after_policy=os.sched_getscheduler(0)))
 after.start(); after.join()
 seen["before"] = sorted(os.sched_getaffinity(before.native_id))
+seen["before_policy"] = os.sched_getscheduler(before.native_id)
 seen["main"] = sorted(bound)
+seen["main_policy"] = os.sched_getscheduler(0)
 done.set(); before.join()
 print(json.dumps(seen))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+
+
+def _bind_in_a_new_process(cpu: int, **env: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _BIND_SCRIPT.replace("CPU", str(cpu))], capture_output=True,
+                         text=True, cwd=REPO_ROOT, timeout=60, env={**os.environ, **env})
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"before": [cpu], "after": [cpu], "main": [cpu]}
+    return json.loads(out.stdout)
+
+
+def test_binding_reaches_threads_already_running_and_threads_started_later() -> None:
+    cpu = allowed_cpus()[-1]
+    seen = _bind_in_a_new_process(cpu)
+    assert {key: seen[key] for key in ("before", "after", "main")} == {"before": [cpu], "after": [cpu],
+                                                                       "main": [cpu]}
+    # the bound threads take turns on their CPU without preempting each other on wake-up
+    assert seen["before_policy"] == seen["after_policy"] == seen["main_policy"] == os.SCHED_BATCH
+
+
+def test_batch_scheduling_can_be_turned_off() -> None:
+    seen = _bind_in_a_new_process(allowed_cpus()[0], **{BATCH_ENV: "off"})
+    assert seen["before_policy"] == seen["after_policy"] == seen["main_policy"] == os.SCHED_OTHER
 
 
 def test_current_cpu_is_one_this_process_may_run_on() -> None:

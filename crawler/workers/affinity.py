@@ -17,6 +17,14 @@ equals the number of CPUs this process may run on, so two workers sharing a mach
 below the core count, leave the scheduler free), ``on`` (always; CPUs are reused round-robin when there are
 more processes than CPUs) or ``off``. The CPUs are the parent's own (``sched_getaffinity``), so a parent run
 under ``taskset`` or in a container with a cpuset binds its children inside that set.
+
+A bound process's threads also run under Linux's ``SCHED_BATCH`` policy (``REFWATCH_SCHED_BATCH``: ``on``, the
+default, or ``off``). Under the normal policy a thread that wakes up (the reactor, on a socket event) preempts
+the one running on its CPU (a hashing thread, mid-image): about ten switches per image, each costing the
+preempted thread its warm caches. A batch thread waits for the running one's time slice instead. A crawl of
+3,000 web-sized images bound to one CPU, 4 interleaved rounds (2026-12-07 20:05 UTC): 8.13-10.86 against
+8.80-11.82 ms of CPU per image (6-16% less in every pair), 11-15 k context switches against 24-31 k, and
+the wall time 2-16% shorter. A reply waits a few milliseconds longer at most; no time-out is near that.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PIN_ENV = "REFWATCH_PIN_PROCESSES"
 PIN_MODES = ("auto", "on", "off")
+BATCH_ENV = "REFWATCH_SCHED_BATCH"
 
 
 def allowed_cpus() -> list[int]:
@@ -103,21 +112,53 @@ def bind_lone_crawl(processes: int, env: Mapping[str, str] | None = None) -> lis
     return sorted(bind_process([cpu]))
 
 
-def bind_process(cpus: Iterable[int]) -> set[int]:
+def bind_process(cpus: Iterable[int], env: Mapping[str, str] | None = None) -> set[int]:
     """Bind every thread of this process to ``cpus`` (Linux binds threads one by one; threads started later
-    inherit their creator's binding). Returns the binding now in force; an impossible one (a CPU the process
-    may not use) is logged and leaves the process as it was."""
+    inherit their creator's binding), under ``SCHED_BATCH`` unless ``REFWATCH_SCHED_BATCH=off``. Returns the
+    binding now in force; an impossible one (a CPU the process may not use) is logged and leaves the process
+    as it was."""
     wanted = set(cpus)
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        tasks = [str(os.getpid())]
-    for task in tasks:
+    for task in _tasks():
         try:
-            os.sched_setaffinity(int(task), wanted)
+            os.sched_setaffinity(task, wanted)
         except ProcessLookupError:
             continue  # that thread has ended
         except (OSError, ValueError) as exc:
             logger.warning("cannot bind this crawl to CPUs %s: %s", sorted(wanted), exc)
-            break
+            return set(os.sched_getaffinity(0))
+    if batch_scheduling_wanted(env):
+        schedule_as_batch()
     return set(os.sched_getaffinity(0))
+
+
+def batch_scheduling_wanted(env: Mapping[str, str] | None = None) -> bool:
+    mode = (os.environ if env is None else env).get(BATCH_ENV, "on").strip().lower() or "on"
+    if mode not in ("on", "off"):
+        logger.warning("%s=%r: expected on or off; batch scheduling stays on", BATCH_ENV, mode)
+    return mode != "off"
+
+
+def schedule_as_batch() -> bool:
+    """Put every thread of this process under ``SCHED_BATCH`` (threads started later inherit it): a thread
+    that wakes up waits for the running one's time slice instead of preempting it. Returns whether it took;
+    a system without the policy, or that refuses it, leaves the threads as they were."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:  # not Linux
+        return False
+    for task in _tasks():
+        try:
+            os.sched_setscheduler(task, batch, os.sched_param(0))
+        except ProcessLookupError:
+            continue
+        except OSError as exc:  # e.g. a sandbox that forbids it: the normal policy is only slower
+            logger.debug("cannot schedule this crawl's threads as batch: %s", exc)
+            return False
+    return True
+
+
+def _tasks() -> list[int]:
+    """The thread ids of this process."""
+    try:
+        return [int(task) for task in os.listdir("/proc/self/task")]
+    except OSError:
+        return [os.getpid()]
