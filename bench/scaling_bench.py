@@ -36,7 +36,13 @@ from start to exit, CPU of the whole process tree from ``os.wait4``, peak RSS of
   until it exits (it forks each shard child from its own zygote, and runs the end-of-run pass);
 - ``worker x2``: the same with two such workers at once (two machines' worth on one machine: two zygotes,
   two workers polling Redis; whichever takes the run's finalize lock runs the end-of-run pass);
-- ``worker x1 -p2``: one worker ``--processes 2`` (one zygote, two shard children at once).
+- ``worker x1 -p2``: one worker ``--processes 2`` (one zygote, two shard children at once);
+- ``hash loop x1`` and ``hash loop x2``: no crawl, the machine's own ceiling. refwatch's hashing (every hash) over
+  the corpus's bytes in memory in a tight loop (throughput_bench's ``_hashloop``), one process on core 0, against
+  two such processes at once on cores 0 and 1, their timed loops started at the same instant. Their efficiency
+  is how well this machine runs the same work on both cores at once; on a shared virtual machine two busy
+  vCPUs may each run slower than one alone (siblings of one physical core, a shared power budget), and no
+  crawl can scale better than that.
 
 All with ``--per-host 64 --concurrency 64`` (per process) as throughput_bench runs refwatch. The per-host
 limit is 64 in flight to the host from all processes in both paths: ``crawl --processes 2`` splits it (32
@@ -358,6 +364,7 @@ class Variant:
     # The Redis path: ``command`` is the seed's (less --redis and --run-id), then this many
     # ``refwatch worker --processes processes/workers --exit-when-idle`` run at once. 0: a crawl.
     workers: int = 0
+    hash_loop: bool = False  # no crawl: ``processes`` hashing loops at once, one per core (``command`` unused)
 
 
 def crawl_args(processes: int) -> Callable[[Path, Path, int], list[str]]:
@@ -383,7 +390,9 @@ VARIANTS = (Variant("crawl x1", "crawl", 1, crawl_args(1)), Variant("crawl x2", 
             # Two machines' worth on one: two workers of one process each; and one worker of two processes.
             Variant("worker x1", "worker", 1, seed_args, workers=1),
             Variant("worker x2", "worker", 2, seed_args, workers=2),
-            Variant("worker x1 -p2", "worker", 2, seed_args, workers=1))
+            Variant("worker x1 -p2", "worker", 2, seed_args, workers=1),
+            Variant("hash loop x1", "hash loop", 1, seed_args, hash_loop=True),
+            Variant("hash loop x2", "hash loop", 2, seed_args, hash_loop=True))
 
 
 @dataclass
@@ -396,11 +405,15 @@ class Context:
     profile: bool
     wait_quiet: float = 0.0
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    corpus: Path | None = None  # the image files and their names (one per line), for the hash loops
+    names: Path | None = None
 
 
 def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> RunResult:
     if variant.workers:
         return run_workers_variant(variant, ctx, round_, scratch)
+    if variant.hash_loop:
+        return run_hash_loops(variant, ctx, round_)
     out, report, child_reports = scratch / "out", scratch / "timed.json", scratch / "children"
     child_reports.mkdir()
     cmd = ((["env", *variant.env] if variant.env else []) + (["taskset", "-c", variant.cpus] if variant.cpus else [])
@@ -430,6 +443,48 @@ def run_variant(variant: Variant, ctx: Context, round_: int, scratch: Path) -> R
     shutil.rmtree(out, ignore_errors=True)
     return RunResult(variant.name, round_, m.wall_seconds, m.cpu_seconds, m.peak_rss, ctx.expected["ok"], good,
                      details)
+
+
+def run_hash_loops(variant: Variant, ctx: Context, round_: int) -> RunResult:
+    """``variant.processes`` hashing loops over the whole corpus at once, loop i on core i (mod the cores), each
+    timed loop starting at the same instant (after each process has read the corpus and hashed one image).
+    Wall is the longest loop's, CPU the loops' sum, images the corpus times the loops."""
+    assert ctx.corpus is not None and ctx.names is not None
+    cores = ctx.cores
+    waited = wait_quiet(ctx.wait_quiet, cores) if ctx.wait_quiet > 0 else 0.0
+    start_at = time.time() + 4.0 + 0.002 * ctx.expected["ok"]  # reading and one warm-up hash come first
+    procs = [subprocess.Popen(["taskset", "-c", str(i % cores), sys.executable, str(REPO_ROOT / "bench" /
+                                                                                   "throughput_bench.py"),
+                               "_hashloop", str(ctx.corpus), str(ctx.names), "md5,sha1,sha256,phash,dhash,pdq",
+                               str(start_at)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(variant.processes)]
+    loops: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=ctx.timeout)
+            try:
+                loops.append(json.loads(out.strip().splitlines()[-1]))
+            except (json.JSONDecodeError, IndexError):
+                problems.append(f"hash loop: exit {proc.returncode}: {err[-800:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    good = not problems and len(loops) == variant.processes and not any(loop["errors"] for loop in loops)
+    late = max((loop.get("late_seconds", 0.0) for loop in loops), default=0.0)
+    if late > 0:
+        problems.append(f"a loop started {late:.1f} s late: the loops did not run side by side all along")
+    wall = max((loop["loop_wall_seconds"] for loop in loops), default=math.nan)
+    cpu = sum(loop["loop_cpu_seconds"] for loop in loops)
+    # The crawl variants' machine columns; other processes' use is not told apart from the loops' here.
+    details = {"problems": problems, "nginx_cpu_seconds": 0.0, "machine_idle_seconds": 0.0,
+               "others_cpu_seconds": 0.0, "waited_for_quiet_seconds": waited,
+               "loop_walls": [loop["loop_wall_seconds"] for loop in loops]}
+    for problem in problems:
+        print(f"  WARNING {variant.name}: {problem}", flush=True)
+    return RunResult(variant.name, round_, wall, cpu, 0, ctx.expected["ok"] * variant.processes, good, details)
 
 
 def _check(name: str, summary: dict[str, Any], expected: dict[str, int], failure: str | None) -> list[str]:
@@ -607,6 +662,7 @@ def efficiencies(results: list[RunResult], cores: int) -> dict[str, dict[str, tu
         W1 / (n Wn)  =  W1 / (C1 + N1)  x  (C1 + N1) / (Cn + Nn)  x  (Cn + Nn) / (n Wn)
                         ``x1_factor``      ``cpu_ratio``             ``xn_busy``
 
+    (for equal image counts; the hash loops' x2 hashes the corpus n times, so the CPU terms are taken per image).
     N includes redis-server's CPU on the Redis path. ``per_cpu_second`` is C1 / Cn: images per CPU-second of the
     client's tree, n processes against one. ``x1_factor`` is 1 / the cores x1 and nginx keep busy: with n = cores it
     is the ceiling with no overhead at all (one process that already keeps 1.3 cores busy cannot be doubled on 2
@@ -632,9 +688,11 @@ def efficiencies(results: list[RunResult], cores: int) -> dict[str, dict[str, tu
                 busyn = xn.cpu_seconds + xn.details["nginx_cpu_seconds"] + xn.details.get("redis_cpu_seconds", 0.0)
                 rows["efficiency"].append(xn.images_per_second / (n * x1.images_per_second))
                 rows["x1_factor"].append(x1.wall_seconds / busy1)
-                rows["cpu_ratio"].append(busy1 / busyn)
+                # per image: the hash loops' x2 hashes the corpus twice (a crawl's x2 crawls the same images)
+                per1, pern = x1.live_images, xn.live_images
+                rows["cpu_ratio"].append((busy1 / per1) / (busyn / pern))
                 rows["xn_busy"].append(busyn / (n * xn.wall_seconds))
-                rows["per_cpu_second"].append(x1.cpu_seconds / xn.cpu_seconds)  # images per CPU-s of the tree
+                rows["per_cpu_second"].append((x1.cpu_seconds / per1) / (xn.cpu_seconds / pern))  # images per CPU-s
                 if all(r.details["others_cpu_seconds"] < QUIET * cores * r.wall_seconds for r in (x1, xn)):
                     rows["efficiency_quiet"].append(rows["efficiency"][-1])
             if not rows["efficiency"]:
@@ -684,6 +742,12 @@ def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[st
               f"overhead)\n  x CPU x1 / CPU x2 (nginx's and redis-server's included) {_range(e['cpu_ratio'], '.2f')} "
               f"(sharding's CPU)\n  x share of processes x wall that x2 and the servers kept busy "
               f"{_range(e['xn_busy'], '.2f')} (serial phases, the tail, others)")
+    ceiling = eff.get("hash loop x2 vs hash loop x1")
+    if ceiling:
+        for name, e in eff.items():
+            if not name.startswith("hash loop"):
+                print(f"{name}: {e['efficiency'][0] / ceiling['efficiency'][0]:.2f} of this machine's own scaling "
+                      f"(the hash loops' {ceiling['efficiency'][0]:.2f}), medians")
     for name, row in table.items():
         if math.isnan(row["seed_seconds"][0]):
             continue
@@ -790,7 +854,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shards = len(plan_shards("bench", [str(snapshot)], shard_size, 2).shards)
             print(f"URL list: {expected}; shard size {shard_size} rows -> {shards} shards with --processes 2 "
                   f"(the last ones smaller)", flush=True)
-            ctx = Context(snapshot, expected, shard_size, nginx_pid, args.timeout, args.profile, args.wait_quiet)
+            names = tmp / "names.txt"
+            names.write_text("\n".join(name for name, _ in files))
+            ctx = Context(snapshot, expected, shard_size, nginx_pid, args.timeout, args.profile, args.wait_quiet,
+                          corpus=corpus, names=names)
 
             one = tmp / "one-image.parquet"
             one_ctx = Context(one, write_snapshot(one, files[:1], port, dead_port, 0.0), shard_size, nginx_pid,
@@ -831,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "profile": args.profile, "wait_quiet": args.wait_quiet,
                "variants": repr(",".join(v.name for v in chosen))}
     print_report(facts, options, corpus_facts, expected, startup, table, eff)
-    counts = {json.dumps(r.details["outcomes"], sort_keys=True) for r in results if r.ok}
+    counts = {json.dumps(r.details["outcomes"], sort_keys=True) for r in results if r.ok and "outcomes" in r.details}
     same = len(counts) == 1
     print(f"\noutcome counts {'identical in every run' if same else 'DIFFER between runs'}: {', '.join(counts)}")
     print(f"(benchmark took {time.monotonic() - started:.0f} s)")

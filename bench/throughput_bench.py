@@ -526,8 +526,11 @@ def run_hash_loop(label: str, hashes: str, corpus: Path, files: list[tuple[str, 
 
 
 def cmd_hashloop(argv: Sequence[str]) -> int:
-    """Child: hash every listed corpus file in memory, print {loop_cpu_seconds, loop_wall_seconds, errors}."""
+    """Child: hash every listed corpus file in memory, print {loop_cpu_seconds, loop_wall_seconds, errors}.
+    An optional fourth argument is a ``time.time()`` to start the timed loop at, so that loops in several
+    processes (bench/scaling_bench.py's "hash loop x2") run at the same time."""
     corpus, names, hashes = Path(argv[0]), Path(argv[1]), argv[2].split(",")
+    start_at = float(argv[3]) if len(argv) > 3 else None
     from crawler.hashing.digest import hash_bytes
 
     bodies = [(corpus / name).read_bytes() for name in names.read_text().split()]
@@ -537,6 +540,10 @@ def cmd_hashloop(argv: Sequence[str]) -> int:
     hash_bytes(bodies[0], algorithms=hashes)
     warm = time.process_time() - warm
     errors = 0
+    late = 0.0
+    if start_at is not None:
+        late = max(0.0, time.time() - start_at)
+        time.sleep(max(0.0, start_at - time.time()))
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     for body in bodies:
         digest = hash_bytes(body, algorithms=hashes)
@@ -544,7 +551,7 @@ def cmd_hashloop(argv: Sequence[str]) -> int:
             errors += 1
     cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started_wall
     print(json.dumps({"loop_cpu_seconds": cpu, "loop_wall_seconds": wall, "images": len(bodies),
-                      "errors": errors, "warm_up_cpu_seconds": warm}))
+                      "errors": errors, "warm_up_cpu_seconds": warm, "late_seconds": late}))
     return 0
 
 
