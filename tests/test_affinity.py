@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from crawler.workers.affinity import BATCH_ENV, PIN_ENV, CpuSlots, allowed_cpus, default_processes
+from crawler.workers.affinity import BATCH_ENV, CPU_LOCKS_ENV, PIN_ENV, CpuSlots, allowed_cpus, default_processes
 from tests.helpers import REPO_ROOT
 
 
@@ -88,3 +88,42 @@ def test_current_cpu_is_one_this_process_may_run_on() -> None:
     from crawler.workers.affinity import current_cpu
 
     assert current_cpu() in allowed_cpus()
+
+
+_CLAIM = """
+import sys
+from crawler.workers.affinity import claim_cpu
+cpus = [int(c) for c in sys.argv[1].split(",")]
+print(claim_cpu(cpus[0], cpus), flush=True)
+sys.stdin.read()  # hold the claim until the test closes our standard input
+"""
+
+
+def test_a_cpu_another_crawl_holds_is_not_claimed_again_until_that_crawl_ends(tmp_path) -> None:
+    cpus = allowed_cpus()
+    env = {**os.environ, CPU_LOCKS_ENV: str(tmp_path)}
+
+    def claim(wanted: list[int]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", _CLAIM, ",".join(map(str, wanted))], cwd=REPO_ROOT, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def claimed(proc: subprocess.Popen) -> str:
+        return proc.stdout.readline().strip()
+
+    holder = claim(cpus)
+    others: list[subprocess.Popen] = []
+    try:
+        assert claimed(holder) == str(cpus[0])
+        others.append(claim(cpus))  # prefers the held CPU: takes the next one
+        assert claimed(others[-1]) == (str(cpus[1]) if len(cpus) > 1 else "None")
+        others.append(claim([cpus[0]]))  # only the held CPU: none, the crawl stays unbound
+        assert claimed(others[-1]) == "None"
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+        others.append(claim([cpus[0]]))  # the kernel let go of the lock when its holder ended
+        assert claimed(others[-1]) == str(cpus[0])
+    finally:
+        for proc in (holder, *others):
+            if proc.poll() is None:
+                proc.stdin.close()
+                proc.wait(timeout=30)

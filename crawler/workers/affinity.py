@@ -29,13 +29,17 @@ the wall time 2-16% shorter. A reply waits a few milliseconds longer at most; no
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
 PIN_ENV = "REFWATCH_PIN_PROCESSES"
+#: The folder of the per-CPU lock files bound crawls hold (default: refwatch-cpus in the temporary folder).
+CPU_LOCKS_ENV = "REFWATCH_CPU_LOCKS"
 PIN_MODES = ("auto", "on", "off")
 BATCH_ENV = "REFWATCH_SCHED_BATCH"
 
@@ -96,20 +100,57 @@ def current_cpu() -> int | None:
         return None
 
 
+_claimed: dict[int, int] = {}  # CPU -> the descriptor of its lock file, held for this process's life
+
+
+def claim_cpu(preferred: int | None, cpus: Sequence[int], env: Mapping[str, str] | None = None) -> int | None:
+    """A CPU of ``cpus`` that no other bound refwatch crawl on this machine holds, ``preferred`` first; ``None``
+    when every one is held.
+
+    Each bound crawl process (a lone crawl, a shard child of any command) holds an exclusive ``flock`` on
+    ``refwatch-cpus/cpu-N.lock`` in the temporary folder (``REFWATCH_CPU_LOCKS``) for as long as it lives; the
+    kernel lets go of it however the process ends. So two commands started at once on one machine do not bind
+    their crawls to the same CPU: the second takes another, or none. Where a lock file cannot be made, the CPU
+    counts as free (binding as before)."""
+    folder = (os.environ if env is None else env).get(CPU_LOCKS_ENV) or os.path.join(tempfile.gettempdir(),
+                                                                                     "refwatch-cpus")
+    order = ([preferred] if preferred in cpus else []) + [cpu for cpu in cpus if cpu != preferred]
+    for cpu in order:
+        if cpu in _claimed:
+            return cpu
+        try:
+            os.makedirs(folder, mode=0o1777, exist_ok=True)
+            fd = os.open(os.path.join(folder, f"cpu-{cpu}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            logger.debug("cannot make the lock file of CPU %d: %s", cpu, exc)
+            return cpu
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # another crawl is bound to it
+        _claimed[cpu] = fd
+        return cpu
+    return None
+
+
 def bind_lone_crawl(processes: int, env: Mapping[str, str] | None = None) -> list[int]:
     """Bind a crawl that the command runs in its own process (a run of one shard) to one CPU, on the terms
     shard children are bound on: when the command owns its CPUs (``--processes`` equal to their number, the
     default) or ``REFWATCH_PIN_PROCESSES=on``. The CPU is the one the scheduler has put this process on, most
     likely an idle one. Returns the CPUs bound to (``[]``: left to the scheduler).
 
+    The CPU is one no other bound refwatch crawl holds (``claim_cpu``), and none when all are held.
+
     One process alone crawled as fast bound to one core as unbound (-15% to +28% images per second over six
     comparisons on 2026-12-07) on 17-39% less CPU per image (docs/performance.md)."""
     if not CpuSlots.for_processes(processes, env).binding:
         return []
-    cpus = allowed_cpus()
-    here = current_cpu()
-    cpu = here if here in cpus else cpus[0]
-    return sorted(bind_process([cpu]))
+    cpu = claim_cpu(current_cpu(), allowed_cpus(), env)
+    if cpu is None:
+        logger.warning("every CPU is held by another bound refwatch crawl: this crawl is left to the scheduler")
+        return []
+    return sorted(bind_process([cpu], env))
 
 
 def bind_process(cpus: Iterable[int], env: Mapping[str, str] | None = None) -> set[int]:
