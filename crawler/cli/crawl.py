@@ -286,11 +286,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     set_process_name(f"refwatch {shard_id}")  # which shard, in ps and top
     bound: list[int] = []
     if spec.get("cpus"):  # before the crawl starts its threads: they inherit the binding
-        from crawler.workers.affinity import allowed_cpus, bind_process, claim_cpu
+        from crawler.workers.affinity import bind_to_free_cpu
 
-        # the parent's choice first; another command's crawl may hold it (claim_cpu)
-        cpu = claim_cpu(spec["cpus"][0], allowed_cpus())
-        bound = sorted(bind_process([cpu])) if cpu is not None else []
+        bound = bind_to_free_cpu(spec["cpus"][0])  # the parent's choice, unless another command's crawl holds it
     settings = project_settings({**spec["settings"], "REFWATCH_SHARD": spec["shard"],
                                  "REFWATCH_SHARD_ATTEMPT": spec["attempt"], "REFWATCH_BOUND_CPUS": bound})
     status = run_shard(settings)

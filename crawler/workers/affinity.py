@@ -38,10 +38,20 @@ from collections.abc import Iterable, Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 PIN_ENV = "REFWATCH_PIN_PROCESSES"
-#: The folder of the per-CPU lock files bound crawls hold (default: refwatch-cpus in the temporary folder).
-CPU_LOCKS_ENV = "REFWATCH_CPU_LOCKS"
 PIN_MODES = ("auto", "on", "off")
 BATCH_ENV = "REFWATCH_SCHED_BATCH"
+#: The folder of the per-CPU lock files bound crawls hold (default: refwatch-cpus in the temporary folder).
+CPU_LOCKS_ENV = "REFWATCH_CPU_LOCKS"
+
+
+def _env_mode(env: Mapping[str, str] | None, name: str, modes: tuple[str, ...]) -> str:
+    """The mode environment variable ``name`` asks for, one of ``modes``; its first (the default) when it is
+    unset or unknown (with a warning)."""
+    mode = (os.environ if env is None else env).get(name, "").strip().lower() or modes[0]
+    if mode not in modes:
+        logger.warning("%s=%r: expected one of %s; using %s", name, mode, ", ".join(modes), modes[0])
+        return modes[0]
+    return mode
 
 
 def allowed_cpus() -> list[int]:
@@ -66,11 +76,7 @@ class CpuSlots:
 
     @classmethod
     def for_processes(cls, processes: int, env: Mapping[str, str] | None = None) -> CpuSlots:
-        mode = (os.environ if env is None else env).get(PIN_ENV, "auto").strip().lower() or "auto"
-        if mode not in PIN_MODES:
-            logger.warning("%s=%r: expected one of %s; children are bound as with auto", PIN_ENV, mode,
-                           ", ".join(PIN_MODES))
-            mode = "auto"
+        mode = _env_mode(env, PIN_ENV, PIN_MODES)
         cpus = allowed_cpus()
         if mode == "off" or (mode == "auto" and processes != len(cpus)):
             return cls(None)
@@ -114,12 +120,15 @@ def claim_cpu(preferred: int | None, cpus: Sequence[int], env: Mapping[str, str]
     counts as free (binding as before)."""
     folder = (os.environ if env is None else env).get(CPU_LOCKS_ENV) or os.path.join(tempfile.gettempdir(),
                                                                                      "refwatch-cpus")
+    try:
+        os.makedirs(folder, mode=0o1777, exist_ok=True)
+    except OSError as exc:
+        logger.debug("cannot make the CPU lock folder %s: %s", folder, exc)
     order = ([preferred] if preferred in cpus else []) + [cpu for cpu in cpus if cpu != preferred]
     for cpu in order:
         if cpu in _claimed:
             return cpu
         try:
-            os.makedirs(folder, mode=0o1777, exist_ok=True)
             fd = os.open(os.path.join(folder, f"cpu-{cpu}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
         except OSError as exc:
             logger.debug("cannot make the lock file of CPU %d: %s", cpu, exc)
@@ -134,23 +143,28 @@ def claim_cpu(preferred: int | None, cpus: Sequence[int], env: Mapping[str, str]
     return None
 
 
+def bind_to_free_cpu(preferred: int | None, env: Mapping[str, str] | None = None) -> list[int]:
+    """Bind this process to ``preferred``, or to another CPU when another bound crawl holds it (``claim_cpu``).
+    Returns the CPUs bound to; ``[]`` when every CPU is held (the process is left to the scheduler)."""
+    cpu = claim_cpu(preferred, allowed_cpus(), env)
+    return [] if cpu is None else sorted(bind_process([cpu], env))
+
+
 def bind_lone_crawl(processes: int, env: Mapping[str, str] | None = None) -> list[int]:
     """Bind a crawl that the command runs in its own process (a run of one shard) to one CPU, on the terms
     shard children are bound on: when the command owns its CPUs (``--processes`` equal to their number, the
-    default) or ``REFWATCH_PIN_PROCESSES=on``. The CPU is the one the scheduler has put this process on, most
-    likely an idle one. Returns the CPUs bound to (``[]``: left to the scheduler).
-
-    The CPU is one no other bound refwatch crawl holds (``claim_cpu``), and none when all are held.
+    default) or ``REFWATCH_PIN_PROCESSES=on``. The CPU is the one the scheduler has put this process on (most
+    likely an idle one) unless another bound crawl holds it. Returns the CPUs bound to (``[]``: left to the
+    scheduler).
 
     One process alone crawled as fast bound to one core as unbound (-15% to +28% images per second over six
     comparisons on 2026-12-07) on 17-39% less CPU per image (docs/performance.md)."""
     if not CpuSlots.for_processes(processes, env).binding:
         return []
-    cpu = claim_cpu(current_cpu(), allowed_cpus(), env)
-    if cpu is None:
+    bound = bind_to_free_cpu(current_cpu(), env)
+    if not bound:
         logger.warning("every CPU is held by another bound refwatch crawl: this crawl is left to the scheduler")
-        return []
-    return sorted(bind_process([cpu], env))
+    return bound
 
 
 def bind_process(cpus: Iterable[int], env: Mapping[str, str] | None = None) -> set[int]:
@@ -173,10 +187,7 @@ def bind_process(cpus: Iterable[int], env: Mapping[str, str] | None = None) -> s
 
 
 def batch_scheduling_wanted(env: Mapping[str, str] | None = None) -> bool:
-    mode = (os.environ if env is None else env).get(BATCH_ENV, "on").strip().lower() or "on"
-    if mode not in ("on", "off"):
-        logger.warning("%s=%r: expected on or off; batch scheduling stays on", BATCH_ENV, mode)
-    return mode != "off"
+    return _env_mode(env, BATCH_ENV, ("on", "off")) == "on"
 
 
 def schedule_as_batch() -> bool:
