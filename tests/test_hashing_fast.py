@@ -194,3 +194,63 @@ def test_lanczos_coefficients_are_remembered_by_size_and_equal_to_computed_ones(
         assert all(np.array_equal(a, b) for a, b in zip(first, fresh))
         # remembered up to CACHED_AXIS_MAX (the same arrays back), computed anew beyond it
         assert (first[2] is again[2]) == (in_size <= lanczos.CACHED_AXIS_MAX)
+
+
+# --- colour JPEGs decoded by simplejpeg: Pillow's pixels, Pillow's verdicts -----------------------------------
+
+
+def _jpeg(img: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("size", "options"), [
+    ((640, 480), {"quality": 85}),  # 4:2:0, Pillow's default
+    ((333, 217), {"quality": 90, "subsampling": "4:2:2"}),  # odd sizes: partial MCUs on both axes
+    ((517, 389), {"quality": 95, "subsampling": "4:4:4"}),
+    ((800, 600), {"quality": 80, "progressive": True}),
+    ((401, 299), {"quality": 75, "optimize": True}),
+    ((640, 360), {"quality": 88, "restart_marker_blocks": 4}),
+    ((1, 1), {"quality": 90}),
+    ((7, 5), {"quality": 30}),
+    ((2200, 1100), {"quality": 70}),  # above LUMA_BY_ROWS_PIXELS: the row-at-a-time kernels read them
+])
+def test_colour_jpegs_decode_to_pillows_pixels(size: tuple[int, int], options: dict[str, object]) -> None:
+    from crawler.hashing.digest import _jpeg_pixels
+
+    width, height = size
+    img, _ = scene_image(41_000 + width, long_side=(max(size), max(size)))
+    body = _jpeg(img.resize(size), **options)
+    with Image.open(io.BytesIO(body)) as opened:
+        pixels = _jpeg_pixels(body, opened)
+        assert pixels is not None  # a colour JPEG takes the fast decode
+        flat, bands = pixels
+        assert bands == 4 and not flat.flags.writeable
+        pillows = np.asarray(opened.convert("RGB"))
+    assert np.array_equal(flat.reshape(height, width, 4)[..., :3], pillows)
+
+
+def test_jpegs_the_fast_decode_declines_get_pillows_hashes_and_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crawler.hashing import digest
+
+    img, _ = scene_image(41_999, long_side=(480, 480))
+    body = _jpeg(img, quality=85)
+    end = body.rindex(b"\xff\xd9")
+    warned = body[:end] + b"\x00" * 7 + body[end:]  # libjpeg: "extraneous bytes before marker 0xd9", a warning
+    grey = _jpeg(img.convert("L"), quality=85)
+    cmyk = _jpeg(img.convert("CMYK"), quality=85)
+    truncated = body[: len(body) * 2 // 3]
+    declined = {}
+    for name, data in (("warned", warned), ("grey", grey), ("cmyk", cmyk), ("truncated", truncated)):
+        with Image.open(io.BytesIO(data)) as opened:
+            declined[name] = digest._jpeg_pixels(data, opened) is None
+    assert declined == {"warned": True, "grey": True, "cmyk": True, "truncated": True}
+    fast = [hash_bytes(data) for data in (body, warned, grey, cmyk, truncated)]
+    monkeypatch.setattr(digest, "_jpeg_pixels", lambda body, img: None)  # Pillow decodes everything
+    pillow = [hash_bytes(data) for data in (body, warned, grey, cmyk, truncated)]
+    for ours, theirs in zip(fast, pillow, strict=True):
+        assert (ours.phash, ours.dhash, ours.pdq, ours.pdq_quality, ours.decode_error) == (
+            theirs.phash, theirs.dhash, theirs.pdq, theirs.pdq_quality, theirs.decode_error)
+    assert fast[1].decodable and fast[1].phash == reference_hashes(warned).phash  # Pillow decodes despite it
+    assert not fast[4].decodable and fast[4].decode_error  # a truncated body stays a decode error
