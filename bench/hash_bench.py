@@ -12,7 +12,9 @@ only. Each round times, over the same bodies:
 * ``reference``: ``crawler.hashing.reference`` - imagehash's pHash and dHash of ``convert("L")``, pdqhash of
   the 512-px bicubic thumbnail, plus the three digests: what ``hash_bytes`` did before the kernels;
 * ``refwatch``: ``hash_bytes(body)``, every hash; ``refwatch, no PDQ`` and ``digests only`` for the options;
-* the steps of the refwatch path one by one (decode, pixel view, luma, transpose, pHash/dHash kernel, PDQ).
+  ``Pillow decoding JPEGs too``: every hash with colour JPEGs decoded by Pillow instead of simplejpeg;
+* the steps of the refwatch path one by one (decode by Pillow, pixel view, luma, transpose, pHash/dHash
+  kernel, PDQ).
 
 It prints ms of CPU per image (time.process_time), the ratio to the reference, and how far the hashes are
 from the reference's (pHash/dHash must be identical; PDQ within a bit or two).
@@ -39,6 +41,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from crawler.hashing import kernels  # noqa: E402
+from crawler.hashing import digest  # noqa: E402
 from crawler.hashing.digest import _pixels, hamming_distance, hash_bytes  # noqa: E402
 from crawler.hashing.pdq import pdq_from_block, thumbnail_size  # noqa: E402
 from crawler.hashing.reference import reference_hashes  # noqa: E402
@@ -104,6 +107,16 @@ def steps(bodies: list[bytes]) -> dict[str, float]:
     return out
 
 
+def pillow_decoding_every_jpeg(body: bytes) -> object:
+    """``hash_bytes`` as it was before colour JPEGs went to simplejpeg: Pillow decodes every body."""
+    fast = digest._jpeg_pixels
+    digest._jpeg_pixels = lambda body, img: None
+    try:
+        return hash_bytes(body)
+    finally:
+        digest._jpeg_pixels = fast
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
@@ -121,6 +134,7 @@ def main() -> None:
         for name, func in (
             ("reference (imagehash + pdqhash)", reference),
             ("refwatch, every hash", hash_bytes),
+            ("refwatch, Pillow decoding JPEGs too", pillow_decoding_every_jpeg),
             ("refwatch, no PDQ", lambda b: hash_bytes(b, algorithms=("md5", "sha1", "sha256", "phash", "dhash"))),
             ("refwatch, PDQ + sha256", lambda b: hash_bytes(b, algorithms=("sha256", "pdq"))),
             ("refwatch, digests only", lambda b: hash_bytes(b, algorithms=("md5", "sha1", "sha256"))),

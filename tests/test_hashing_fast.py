@@ -254,3 +254,19 @@ def test_jpegs_the_fast_decode_declines_get_pillows_hashes_and_verdicts(monkeypa
             theirs.phash, theirs.dhash, theirs.pdq, theirs.pdq_quality, theirs.decode_error)
     assert fast[1].decodable and fast[1].phash == reference_hashes(warned).phash  # Pillow decodes despite it
     assert not fast[4].decodable and fast[4].decode_error  # a truncated body stays a decode error
+
+
+def test_phash_of_flat_and_striped_images_is_imagehash_where_coefficients_tie() -> None:
+    """Flat and periodic images make the DCT's low band mostly equal values (rounding noise around zero):
+    the median and the comparison against it must be imagehash's to the bit there too."""
+    import imagehash
+
+    from crawler.hashing.digest import _phash_hex
+
+    rng = np.random.default_rng(7)
+    images = [np.full((32, 32), value, dtype=np.uint8) for value in (0, 1, 127, 128, 255)]
+    images += [(np.indices((32, 32))[axis] % period * 40).astype(np.uint8) for axis in (0, 1) for period in (2, 3, 5)]
+    images += [rng.integers(100, 102, (32, 32), dtype=np.uint8) for _ in range(5)]
+    images += [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(5)]
+    for pixels in images:
+        assert _phash_hex(pixels) == str(imagehash.phash(Image.fromarray(pixels, "L")))

@@ -134,21 +134,11 @@ def rgb_grey(flat: np.ndarray, bands: int, rows: int, cols: int) -> np.ndarray:
     return grey
 
 
-@numba.njit(cache=True, nogil=True)
-def _transpose(grey: np.ndarray) -> np.ndarray:
-    rows, cols = grey.shape
-    out = np.empty((cols, rows), dtype=np.uint8)
-    for first in range(0, rows, 16):  # 16-row strips: each output row gets 16 adjacent bytes at a time
-        last = min(rows, first + 16)
-        for c in range(cols):
-            for r in range(first, last):
-                out[c, r] = grey[r, c]
-    return out
-
-
 def transposed(grey: np.ndarray) -> np.ndarray:
-    """``grey`` transposed (cols x rows), read-only, for ``imagehash_arrays``."""
-    out = _transpose(grey)
+    """``grey`` transposed (cols x rows), read-only, for ``imagehash_arrays``. NumPy's strided copy (which
+    releases the GIL) beats a numba loop here: 0.23 against 0.41 ms at 640x450, and 9% of the whole hashing
+    over the benchmark corpus, measured interleaved (docs/performance.md)."""
+    out = np.ascontiguousarray(grey.T)
     out.flags.writeable = False
     return out
 
