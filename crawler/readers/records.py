@@ -33,7 +33,7 @@ from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 
 from crawler.readers.base import BadRecords, snapshot_error
-from crawler.readers.html import ImageTag
+from crawler.readers.html import MAX_HTML_BYTES, ImageTag
 
 logger = logging.getLogger(__name__)
 
@@ -318,26 +318,40 @@ def handled(handle: Callable[[Record], T | None], record: Record) -> tuple[T | N
 
 
 class _Brotli:
-    """A brotli decompressor as warcio's readers use one. warcio's own (1.8) sets ``unused_data`` on
-    ``brotli.Decompressor``, which brotli 1.1 and later refuse (AttributeError), so every ``Content-Encoding:
-    br`` body failed in this path; with this one it is decoded, as fastwarc decodes it."""
+    """A brotli decompressor as warcio's readers use one, with its output bounded.
+
+    warcio 1.8.0-1.8.1 set ``unused_data`` on ``brotli.Decompressor``, which brotli 1.1 and later refuse
+    (AttributeError), and warcio 1.8.2 looks for brotlicffi only: either way a ``Content-Encoding: br`` body
+    read through warcio was not decoded. This one is always installed, so such bodies are decoded as
+    fastwarc decodes them. And it never yields more than ``MAX_HTML_BYTES`` + 1 bytes in all: warcio
+    keeps each call's whole output in memory, and a few kilobytes of brotli can expand to gigabytes; a reader
+    keeps no more of a page than that anyway, so the rest is cut, as a longer page is."""
 
     unused_data = None
 
     def __init__(self) -> None:
-        import brotli  # installed with warcio's "br" support (and required by fastwarc)
+        import brotli  # required by fastwarc (and by pyproject.toml, for output_buffer_limit: >= 1.2)
 
         self._decompressor = brotli.Decompressor()
+        self._room = MAX_HTML_BYTES + 1  # bytes still wanted: one more than a reader keeps, so it sees the cut
 
     def decompress(self, data: bytes) -> bytes:
-        return self._decompressor.process(data)
+        if self._room <= 0:
+            return b""  # past what any reader keeps (process() must not be given input once its limit is hit)
+        out = self._decompressor.process(data, output_buffer_limit=self._room)
+        if len(out) >= self._room or not self._decompressor.can_accept_more_data():
+            out = out[:self._room]  # the buffer grows in blocks, so it may overshoot the limit (up to ~2x)
+            self._room = 0  # the limit stopped it with output pending: the rest is cut
+        else:
+            self._room -= len(out)
+        return out
 
     def flush(self) -> bytes:
         return b""
 
 
-if "br" in BufferedReader.DECOMPRESSORS:  # warcio found brotli: replace its broken set-up of it
-    BufferedReader.DECOMPRESSORS["br"] = _Brotli
+# warcio registers "br" only when it finds brotlicffi (1.8.2) or with a set-up brotli refuses (1.8.0-1.8.1).
+BufferedReader.DECOMPRESSORS["br"] = _Brotli
 
 
 class _WarcioRecord:

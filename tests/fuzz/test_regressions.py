@@ -183,3 +183,21 @@ def test_one_line() -> None:
     assert one_line("a\n  b\tc\r\n") == "a b c"
     assert one_line("\x1b[31mred\x00\x7f\x9b") == "\\x1b[31mred\\x00\\x7f\\x9b"
     assert one_line("é 日本 \u200b") == "é 日本 \u200b"
+
+
+@pytest.mark.parametrize("name", ["x.warc", "x.warc.gz"])
+def test_brotli_bomb_in_a_page_is_cut_not_inflated(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: warcio keeps each decompress call's whole output, and brotli's had no bound: a few kilobytes of a
+    ``Content-Encoding: br`` page could inflate to gigabytes. Now a page yields what a reader keeps (the cap,
+    lowered here so the test stays small) and the rest is cut, images before the cut still found."""
+    from crawler.readers import records
+
+    cap = 1 << 20
+    monkeypatch.setattr(records, "MAX_HTML_BYTES", cap)
+    page = brotli.compress(b'<html><body><img src="/first.png">' + b" " * (64 << 20), quality=1)
+    assert len(page) < 64 << 10  # 64 MiB of page in a few kilobytes
+    decompressor = records._Brotli()
+    out = b"".join(decompressor.decompress(page[i:i + 16384]) for i in range(0, len(page), 16384))
+    assert out.startswith(b"<html><body><img") and len(out) == cap + 1
+    path = archive(tmp_path / name, [html_response(page, "Content-Encoding: br")])
+    assert read(path)[0] == ["https://a.example/first.png"]
