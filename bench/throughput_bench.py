@@ -466,9 +466,24 @@ def run_refwatch(label: str, hashes: str | None, snapshot: Path, expected: dict[
             print(f"  WARNING {label}: " + "; ".join(problems), flush=True)
         return RunResult(label, round_, m.wall_seconds, m.cpu_seconds, m.peak_rss, expected["ok"], good,
                          {"outcomes": outcomes, "summary_refs_per_second": summary.get("refs_per_second"),
-                          "summary_seconds": summary.get("seconds"), "problems": problems})
+                          "summary_seconds": summary.get("seconds"), "problems": problems,
+                          "hash_ms_in_crawl": hash_ms_in_crawl(out)})
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def hash_ms_in_crawl(out: Path) -> float | None:
+    """The mean ``hash_ms`` of the crawl's ok rows: CPU of the hashing thread inside ``hash_bytes`` per image
+    (``time.thread_time``), which splits the crawl's CPU into its hashing and everything else."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(out.glob("runs/*/outcomes/*.parquet"))
+    if not parts:
+        return None
+    table = pq.read_table(parts, columns=["outcome", "hash_ms"])
+    values = [ms for outcome, ms in zip(table.column("outcome").to_pylist(), table.column("hash_ms").to_pylist())
+              if outcome == "ok" and ms is not None]
+    return sum(values) / len(values) if values else None
 
 
 def run_img2dataset(label: str, extra: list[str], snapshot: Path, expected: dict[str, int], round_: int,
@@ -624,6 +639,9 @@ def summarise(results: list[RunResult], startup: dict[str, float]) -> dict[str, 
             "cpu_ms_per_image_max": max(cpu, default=float("nan")),
             "startup_cpu_seconds": startup.get(client), "net_cpu_ms_per_image": _median(net),
             "peak_rss_mib": max((r.peak_rss for r in runs), default=0) / MiB,
+            "hash_ms_in_crawl": _median([r.details["hash_ms_in_crawl"] for r in runs
+                                         if r.details.get("hash_ms_in_crawl") is not None]) if any(
+                r.details.get("hash_ms_in_crawl") is not None for r in runs) else None,
         }
     return table
 
@@ -679,6 +697,12 @@ def print_report(facts: dict[str, Any], options: dict[str, Any], corpus: dict[st
         startup = "" if row["startup_cpu_seconds"] is None else f"{row['startup_cpu_seconds']:.2f} s"
         print(f"{client:<24} {row['runs_ok']:>2}/{row['runs']:<2} {rate:>16} {cpu:>20} {startup:>9} "
               f"{row['net_cpu_ms_per_image']:>10.2f} {row['peak_rss_mib']:>12.0f}")
+    print()
+    for client, row in table.items():
+        if row.get("hash_ms_in_crawl") is not None:
+            print(f"{client:<24} hashing inside the crawl {row['hash_ms_in_crawl']:.2f} ms/image (thread CPU in "
+                  f"hash_bytes), everything else {row['net_cpu_ms_per_image'] - row['hash_ms_in_crawl']:.2f} "
+                  f"(start-up subtracted)")
     print()
 
     def show(value: float | None) -> str:
