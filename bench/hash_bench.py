@@ -40,8 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from crawler.hashing import kernels  # noqa: E402
-from crawler.hashing import digest  # noqa: E402
+from crawler.hashing import digest, kernels  # noqa: E402
 from crawler.hashing.digest import _pixels, hamming_distance, hash_bytes  # noqa: E402
 from crawler.hashing.pdq import pdq_from_block, thumbnail_size  # noqa: E402
 from crawler.hashing.reference import reference_hashes  # noqa: E402

@@ -631,6 +631,7 @@ def summarise(results: list[RunResult], startup: dict[str, float]) -> dict[str, 
         cpu = [r.cpu_ms_per_image for r in runs]
         base = startup.get(client, 0.0)
         net = [1000 * (r.cpu_seconds - base) / r.live_images for r in runs]
+        hashing = [r.details["hash_ms_in_crawl"] for r in runs if r.details.get("hash_ms_in_crawl") is not None]
         table[client] = {
             "runs_ok": len(runs), "runs": sum(r.client == client for r in results),
             "images_per_second": _median(rates), "images_per_second_min": min(rates, default=float("nan")),
@@ -639,9 +640,7 @@ def summarise(results: list[RunResult], startup: dict[str, float]) -> dict[str, 
             "cpu_ms_per_image_max": max(cpu, default=float("nan")),
             "startup_cpu_seconds": startup.get(client), "net_cpu_ms_per_image": _median(net),
             "peak_rss_mib": max((r.peak_rss for r in runs), default=0) / MiB,
-            "hash_ms_in_crawl": _median([r.details["hash_ms_in_crawl"] for r in runs
-                                         if r.details.get("hash_ms_in_crawl") is not None]) if any(
-                r.details.get("hash_ms_in_crawl") is not None for r in runs) else None,
+            "hash_ms_in_crawl": _median(hashing) if hashing else None,
         }
     return table
 

@@ -440,7 +440,7 @@ def _jpeg_pixels(body: bytes, img: Image.Image) -> tuple[np.ndarray, int] | None
         rgbx = simplejpeg.decode_jpeg(body, colorspace="RGBX", strict=True)
     except ValueError:
         return None
-    if rgbx.shape != (img.height, img.width, 4) or not rgbx.flags.c_contiguous:
+    if rgbx.shape != (img.height, img.width, 4):
         return None
     flat = rgbx.reshape(-1)
     flat.flags.writeable = False  # the kernels' one compiled variant takes read-only pixels, as Pillow's view
