@@ -25,7 +25,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.addresses import AddressPolicy, BlockedAddressError, is_ip_literal, policy_from_settings
-from middlewares.resolver import NoSuchHostError
+from middlewares.resolver import NO_SUCH_HOST_STAT, NoSuchHostError
 
 __all__ = ["AddressGuardMiddleware", "BlockedAddressError"]  # the error's home is crawler.addresses
 
@@ -53,7 +53,7 @@ class AddressGuardMiddleware:
                 address = await maybe_deferred_to_future(reactor.resolve(host))  # type: ignore[attr-defined]
             except NoSuchHostError:
                 request.meta["dont_retry"] = True  # a definitive answer: RetryMiddleware leaves it alone
-                self.stats.inc_value("refwatch/dns_no_such_host")
+                self.stats.inc_value(NO_SUCH_HOST_STAT)
                 raise
             # other DNS failures propagate as they are and become dns_error
         refusal = self.policy.refusal(host, address)

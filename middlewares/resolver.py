@@ -4,7 +4,9 @@ Twisted's ``ThreadedResolver`` turns every ``getaddrinfo`` failure into one ``DN
 does not exist (NXDOMAIN) and a resolver that did not answer (SERVFAIL, a timeout) look alike, and both
 were retried. Here a definitive answer raises ``NoSuchHostError`` (still a ``DNSLookupError``, so Scrapy and
 the outcome rules see a DNS error) and is remembered in a bounded negative cache: a dead domain that a
-snapshot references a thousand times costs one lookup, not three thousand (Scrapy caches only successes).
+snapshot references a thousand times costs one lookup, not three thousand (Scrapy caches only successes);
+the replay spider reads that cache too (``known_missing``), so such a reference after the first ends as
+``dns_error`` without a request at all.
 An IP literal is answered as itself, without a look-up (``gethostbyname`` cannot parse an IPv6 one).
 Wired with ``TWISTED_DNS_RESOLVER`` in ``crawler/settings.py``.
 
@@ -16,6 +18,7 @@ refuse names refwatch is told to use, such as an HTTP proxy on the company netwo
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +34,10 @@ from crawler.addresses import is_ip_literal
 DEFINITIVE_GAI_ERRORS = frozenset(
     code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None)) if code is not None
 )
+
+
+#: References that failed because their name does not exist (the address guard's and the spider's).
+NO_SUCH_HOST_STAT = "refwatch/dns_no_such_host"
 
 
 class NoSuchHostError(DNSLookupError):
@@ -61,14 +68,20 @@ class RefwatchResolver(CachingThreadedResolver):
             return defer.succeed(name.strip("[]"))
         if name in dnscache:
             return defer.succeed(dnscache[name])
-        if name in self.missing:
-            return defer.fail(NoSuchHostError(self.missing[name]))
+        missing = self.known_missing(name)
+        if missing is not None:
+            return defer.fail(missing)
         d: defer.Deferred[str] = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                                              self.lookup, name)
         d.addTimeout(self.timeout, self.reactor,
                      onTimeoutCancel=lambda *_: Failure(DNSLookupError(f"address {name!r} not found: timeout")))
         d.addCallbacks(self._found, self._failed, callbackArgs=(name,), errbackArgs=(name,))
         return d
+
+    def known_missing(self, name: str) -> NoSuchHostError | None:
+        """The definitive "no such name" remembered for ``name``, the error a look-up would raise; no look-up."""
+        message = self.missing.get(name)
+        return None if message is None else NoSuchHostError(message)
 
     def _found(self, address: str, name: str) -> str:
         if dnscache.limit:
@@ -77,7 +90,14 @@ class RefwatchResolver(CachingThreadedResolver):
 
     def _failed(self, failure: Failure, name: str) -> Failure:
         if failure.check(NoSuchHostError) and self.missing.limit:
-            self.missing[name] = str(failure.value)
+            self.missing[name] = " ".join(failure.value.args)  # the message: str() would prefix it again
         elif not failure.check(DNSLookupError):  # anything else the lookup raised is still a DNS failure
             return Failure(DNSLookupError(f"address {name!r} not found: {failure.getErrorMessage()}"))
         return failure
+
+
+def installed_resolver() -> RefwatchResolver | None:
+    """The reactor's resolver if it is refwatch's (``TWISTED_DNS_RESOLVER``), for its negative cache. Read from
+    ``sys.modules``: importing the reactor here would install Twisted's default one before Scrapy's."""
+    resolver = getattr(sys.modules.get("twisted.internet.reactor"), "resolver", None)
+    return resolver if isinstance(resolver, RefwatchResolver) else None

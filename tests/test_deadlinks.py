@@ -28,6 +28,7 @@ from crawler.download.handler import ATTEMPT_DELAY, REDIALS_STAT, FastEndpointFa
 from crawler.download.redial import RedialRefusedEndpoint, redials_left
 from crawler.sample.web import SampleWeb
 from middlewares.resolver import NoSuchHostError, lookup_ipv4
+from spiders.replay import KNOWN_MISSING_STAT
 from tests.helpers import REPO_ROOT
 from tests.test_crawl_e2e import read_rows, write_snapshot
 
@@ -161,6 +162,25 @@ def test_nxdomain_is_one_attempt_refused_and_servfail_are_retried(tmp_path: Path
     assert stats["refwatch/dns_no_such_host"] == 3
     assert stats["retry/count"] == 2 + 2  # servfail and refused: RETRY_TIMES each; the NXDOMAIN names: none
     assert stats["retry/max_reached"] == 2
+
+
+def test_references_to_a_name_known_not_to_exist_end_without_a_request(tmp_path: Path, web: SampleWeb) -> None:
+    """After the first NXDOMAIN answer for a name, its other references are ended by the spider from the
+    resolver's negative cache: same outcome and error text as the first, no scheduler or downloader."""
+    refs = [(f"nx{i}", f"http://gone.nxdomain.test/{i}.jpg") for i in range(40)]
+    refs.append(("alive", web.url("/status/404")))
+    snapshot = write_snapshot(tmp_path / "s.csv", refs)
+    probe, rows = probe_crawl(tmp_path, snapshot, CONCURRENT_REQUESTS="2")
+    assert {rows[ref]["outcome"] for ref, _ in refs[:-1]} == {"dns_error"}
+    assert rows["alive"]["outcome"] == "not_found"
+    errors = {rows[ref]["error"] for ref, _ in refs[:-1]}  # the cache's error reads as the look-up's
+    assert errors == {"NoSuchHostError: DNS lookup failed: address 'gone.nxdomain.test' not found: "
+                      "Name or service not known."}
+    stats = probe["stats"]
+    assert stats["refwatch/dns_no_such_host"] == 40
+    skipped = stats[KNOWN_MISSING_STAT]
+    assert 30 <= skipped <= 39  # all but the few requested before the first answer came back
+    assert stats["scheduler/enqueued"] == 41 - skipped
 
 
 class _ScriptedEndpoint:
