@@ -26,10 +26,11 @@ import random
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:
+    import redis
+
 
 KEY_PREFIX = "refwatch:polite"
 
@@ -134,6 +135,10 @@ class SharedPoliteness:
     def from_url(cls, url: str, scope: str, timeout: float = 2.0) -> SharedPoliteness:
         """A client that fails fast: a Redis that does not answer within ``timeout`` is treated as down by
         the caller. One retry without delay re-dials a pooled connection that a Redis restart broke."""
+        import redis  # here: a crawl without Redis never loads its client (~0.12 s)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                       retry=Retry(NoBackoff(), 1))
         return cls(client, scope)
