@@ -26,4 +26,6 @@ else
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Compile the numba hashing kernels into their on-disk cache now (~25 s of CPU), not in the first crawl.
+python3 -c "from crawler.cli.crawl import warm_shard_process; warm_shard_process()"
 echo "refwatch is set up: try 'refwatch demo', then 'python3 -m pytest'."

@@ -328,7 +328,7 @@ def warm_shard_process() -> None:
 
     import crawler.readers.parquet  # noqa: F401
     import crawler.workers.local  # noqa: F401 - cmd_shard's exit statuses
-    from crawler.hashing.digest import hash_bytes
+    from crawler.hashing.digest import LUMA_BY_ROWS_PIXELS, hash_bytes
     from crawler.runner import project_settings
 
     settings = project_settings()
@@ -347,3 +347,9 @@ def warm_shard_process() -> None:
         body = io.BytesIO()
         image.save(body, fmt)
         hash_bytes(body.getvalue(), pdq_dihedral=mode == "RGB")
+    # From LUMA_BY_ROWS_PIXELS on, pHash/dHash use their row-at-a-time kernel: a flat grey picture of that size
+    # (a few kB of JPEG) loads it too; uncached, its compilation alone is ~6 s of CPU.
+    tall = LUMA_BY_ROWS_PIXELS // 1000 + 1
+    body = io.BytesIO()
+    Image.new("RGB", (1000, tall), (128, 128, 128)).save(body, "JPEG")
+    hash_bytes(body.getvalue())
