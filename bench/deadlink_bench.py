@@ -17,6 +17,9 @@ Scenarios, each one crawl in a child process (``python -m crawler.cli.main crawl
 * ``mixed``: half of them, half ``/status/404`` from ``crawler.sample.web`` on 127.0.0.1 (a thread server);
 * ``nxdomain``: names under ``.nxdomain.test``, answered NXDOMAIN at once by ``tests.deadlink_probe``'s scripted
   resolver (refwatch's resolver with a scripted system call), ``--names`` distinct names.
+* ``floor``: not refwatch: ``bench/scrapy_floor.py``, Scrapy's engine, scheduler, downloader and scraper alone
+  over the same number of references, each request failing in a handler that does nothing: what one Scrapy
+  request costs before any middleware, socket or DNS, the limit of any crawl that makes a request a reference.
 
 Wall time and CPU come from ``os.wait4`` on the crawl (start-up included; ``refs/s*`` is the summary's rate,
 from the engine's start). What bounds each scenario, measured on the 2-core machine: with Scrapy's stock
@@ -74,25 +77,42 @@ def crawl(snapshot: Path, out: Path, args: argparse.Namespace, extra: list[str])
         cmd += ["--retries", str(args.retries)]
     if args.stock_resolver:
         cmd += ["-s", "TWISTED_DNS_RESOLVER=scrapy.resolver.CachingThreadedResolver"]
+    wall, cpu = run_child(cmd, out.parent / f"{out.name}.log", args.timeout)
+    summary = json.loads((out / "runs" / "b" / "summary.json").read_text())
+    refs = summary["references"]
+    return {"refs": refs, "wall": wall, "rate": refs / wall, "engine_rate": summary["refs_per_second"],
+            "cpu_ms": 1000 * cpu / refs, "outcomes": summary["outcomes"]}
+
+
+def scrapy_floor(snapshot: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+    """bench/scrapy_floor.py over the same references: Scrapy's own cost of a request that fails at once."""
+    cmd = [sys.executable, str(REPO / "bench" / "scrapy_floor.py"), str(snapshot), str(args.concurrency),
+           str(args.per_host)]
+    wall, cpu = run_child(cmd, out.parent / f"{out.name}.log", args.timeout, stdout=out.parent / f"{out.name}.json")
+    result = json.loads((out.parent / f"{out.name}.json").read_text().strip().splitlines()[-1])
+    refs = result["references"]
+    return {"refs": refs, "wall": wall, "rate": refs / wall, "engine_rate": refs / result["seconds"],
+            "cpu_ms": 1000 * cpu / refs, "outcomes": {"errback": refs}}
+
+
+def run_child(cmd: list[str], log_path: Path, timeout: float, stdout: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd`` to its end (killed past ``timeout``): its wall seconds and CPU seconds (``os.wait4``)."""
     start = time.monotonic()
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = start + args.timeout
+    with open(log_path, "w") as log, open(stdout or os.devnull, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=log)
+        deadline = start + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 proc.kill()
-                raise SystemExit(f"crawl exceeded {args.timeout} s; log in {log.name}")
+                proc.wait()
+                raise SystemExit(f"{cmd[1]} exceeded {timeout} s; log in {log_path}")
             time.sleep(0.05)
-    wall = time.monotonic() - start
     if status != 0:
-        raise SystemExit(f"crawl failed ({status}); log in {out.parent / (out.name + '.log')}")
-    summary = json.loads((out / "runs" / "b" / "summary.json").read_text())
-    refs = summary["references"]
-    return {"refs": refs, "wall": wall, "rate": refs / wall, "engine_rate": summary["refs_per_second"],
-            "cpu_ms": 1000 * (usage.ru_utime + usage.ru_stime) / refs, "outcomes": summary["outcomes"]}
+        raise SystemExit(f"{cmd[1]} failed ({status}); log in {log_path}")
+    return time.monotonic() - start, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -104,7 +124,7 @@ def main() -> int:
     parser.add_argument("--per-host", type=int, default=8)
     parser.add_argument("--retries", type=int, default=None, help="crawl --retries (default: the CLI's, 2)")
     parser.add_argument("--stock-resolver", action="store_true", help="Scrapy's CachingThreadedResolver")
-    parser.add_argument("--scenarios", default="refused,named,mixed,nxdomain")
+    parser.add_argument("--scenarios", default="refused,named,mixed,nxdomain,floor")
     parser.add_argument("--handlers", default="refwatch",
                         help="comma-separated, run in turn: refwatch (crawler/download), noredial (the same without "
                              "redialling refused connections: Scrapy retries them), stock (Scrapy's handler); "
@@ -136,6 +156,12 @@ def main() -> int:
                     continue
             elif scenario == "mixed":
                 urls = [u if i % 2 else web.url(f"/status/404?{i}") for i, u in enumerate(refused)]
+            elif scenario == "floor":
+                snapshot = write_snapshot(Path(tmp) / "floor.csv", refused)
+                r = scrapy_floor(snapshot, Path(tmp) / "floor", args)
+                print(f"{scenario:10} {'scrapy':8} {r['refs']:>6} {r['wall']:>7.1f} {r['rate']:>7.0f} "
+                      f"{r['engine_rate']:>8.0f} {r['cpu_ms']:>10.2f}  {r['outcomes']}")
+                continue
             elif scenario == "nxdomain":
                 urls = [f"http://h{i % args.names}.nxdomain.test/{i}.jpg" for i in range(args.refs)]
                 extra = ["-s", "TWISTED_DNS_RESOLVER=tests.deadlink_probe.ScriptedResolver"]
