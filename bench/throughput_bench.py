@@ -272,6 +272,8 @@ def running_nginx(root: Path, tmp: Path) -> Iterator[int]:
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+    # nginx runs in its own session: a bench killed with SIGTERM would leave it behind, so SIGTERM unwinds here.
+    previous = signal.signal(signal.SIGTERM, _exit_on_term)
     proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -295,6 +297,11 @@ def running_nginx(root: Path, tmp: Path) -> Iterator[int]:
         if proc.poll() is None:
             _kill_group(proc, signal.SIGKILL)
             proc.wait(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _kill_group(proc: subprocess.Popen[Any], sig: int) -> None:
