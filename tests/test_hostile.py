@@ -8,6 +8,7 @@ fixture stops it; every stream it sends is bounded.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import socket
@@ -82,6 +83,14 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def _long_headers(self, sock: socket.socket) -> None:
         self._header_lines(sock, b"X-Filler: " + b"a" * 8000 + b"\r\n")
+
+    def _no_colon_lines(self, sock: socket.socket) -> None:
+        self._header_lines(sock, b"X-Filler-Without-A-Colon\r\n")
+
+    def _no_colon_header(self, sock: socket.socket) -> None:
+        body = _png()
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nA header line without a colon\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
     def _reset(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
@@ -252,3 +261,14 @@ def test_an_endless_response_head_is_not_retried(hostile: HostileServer, tmp_pat
     assert rows["many"]["outcome"] == "http_error" and hostile.requests["/many-headers"] == 1
     assert rows["many"]["error"].startswith("ResponseHeadTooLarge: response head over 65536 bytes or 256 header")
     assert rows["reset"]["outcome"] == "connection_error" and hostile.requests["/reset"] == 3
+
+
+def test_a_header_line_without_a_colon_is_skipped_as_browsers_and_scrapy_do(hostile: HostileServer,
+                                                                           tmp_path: Path) -> None:
+    """Scrapy's stock client skips such a line (its lenient parser); refwatch's bounded one does too, and still
+    cuts an endless run of them at the head limit."""
+    rows = _crawl(tmp_path, {"odd": hostile.url("/no-colon-header"), "endless": hostile.url("/no-colon-lines")},
+                  "--timeout", "20")
+    assert rows["odd"]["outcome"] == "ok"
+    assert rows["odd"]["md5"] == hashlib.md5(_png()).hexdigest()
+    assert rows["endless"]["outcome"] == "http_error" and "response head over" in rows["endless"]["error"]

@@ -31,7 +31,8 @@ bytes back here, and a finished one hands them over with its response.
 Everything else is the stock handler's: TLS context factory (``wrapClientTLS``), proxies (their agents are
 Scrapy's, unchanged), maxsize/warnsize, dataloss, bindaddress, the connection pool and its settings.
 
-Private names relied on (checked against Scrapy 2.19 and Twisted 26.10): Scrapy's ``_ScrapyAgent`` (its
+Private names relied on (checked against Scrapy 2.19 and Twisted 26.10): Scrapy's
+``_LenientHTTP11ClientFactory`` and ``_LenientHTTP11ClientProtocol`` (subclassed), ``_ScrapyAgent`` (its
 ``_get_agent`` and ``_cb_bodyready``, and the attributes ``_contextFactory``, ``_bindAddress``, ``_pool``), ``_BindAddressAgent`` and
 ``HTTP11DownloadHandler``'s attributes ``_pool``, ``_contextFactory``, ``_bind_address``, ``_default_maxsize``,
 ``_default_warnsize``, ``_fail_on_dataloss(_warned)``, ``_tls_verbose_logging``, ``_crawler``; Twisted's
@@ -51,7 +52,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler, _BindAddressAgent, _ScrapyAgent
+from scrapy.core.downloader.handlers.http11 import (
+    HTTP11DownloadHandler,
+    _BindAddressAgent,
+    _LenientHTTP11ClientFactory,
+    _LenientHTTP11ClientProtocol,
+    _ScrapyAgent,
+)
 from scrapy.exceptions import ResponseDataLossError
 from scrapy.resolver import dnscache
 from scrapy.utils._download_handlers import get_dataloss_msg, normalize_bind_address, wrap_twisted_exceptions
@@ -61,8 +68,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
-from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
-from twisted.web.client import URI, Agent, ResponseFailed, _HTTP11ClientFactory, _StandardEndpointFactory
+from twisted.web._newclient import HEADER, STATUS
+from twisted.web.client import URI, Agent, ResponseFailed, _StandardEndpointFactory
 from zope.interface import implementer
 
 from crawler.addresses import AddressPolicy, BlockedAddressError, policy_from_settings
@@ -184,8 +191,9 @@ class ResponseHeadTooLarge(Exception):
     """
 
 
-class BoundedHTTP11ClientProtocol(HTTP11ClientProtocol):
-    """Twisted's client protocol, with the response head it parses bounded in bytes and header lines."""
+class BoundedHTTP11ClientProtocol(_LenientHTTP11ClientProtocol):
+    """Scrapy's client protocol (Twisted's, parsing heads as browsers do: a header line without a colon is
+    skipped, not a failed response), with the response head it parses bounded in bytes and header lines."""
 
     def __init__(self, quiescentCallback: Any, max_head_bytes: int, max_header_lines: int) -> None:
         super().__init__(quiescentCallback)
@@ -228,8 +236,11 @@ def _head_too_large(error: BaseException) -> ResponseHeadTooLarge | None:
     return None
 
 
-class BoundedClientFactory(_HTTP11ClientFactory):
-    """The connection pool's protocol factory, building ``BoundedHTTP11ClientProtocol``."""
+class BoundedClientFactory(_LenientHTTP11ClientFactory):
+    """The connection pool's protocol factory, building ``BoundedHTTP11ClientProtocol``. Scrapy's, so also
+    quiet (``noisy = False``): otherwise Twisted logs "Starting factory"/"Stopping factory" for every new
+    connection, two log events a dead link (4% of a refused reference's CPU under cProfile, within the noise
+    of bench/deadlink_bench.py without it)."""
 
     def __init__(self, quiescentCallback: Any, metadata: Any, *, max_head_bytes: int = MAX_HEAD_BYTES,
                  max_header_lines: int = MAX_HEADER_LINES) -> None:
